@@ -1,0 +1,108 @@
+//! Wires the configured sources, the collectors and the HTTP server together.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tracing::{info, warn};
+
+use crate::business::{BusinessQuerySource, QueryFile};
+use crate::cli::Cli;
+use crate::exposition::Exposition;
+use crate::http::{self, AppState};
+use crate::postgres::{PostgresConfig, PostgresSource};
+use crate::runner::{self, CollectorSlot, Schedule};
+use crate::web_config::WebConfig;
+
+pub const POSTGRES_DSN_ENV: &str = "BOOKEDBARBER_POSTGRES_DSN";
+
+/// Reads a secret from its environment variable or from a file, never both.
+fn read_secret(env_name: &str, file: Option<&Path>, file_flag: &str) -> anyhow::Result<Option<String>> {
+    let from_env = std::env::var(env_name).ok().filter(|v| !v.trim().is_empty());
+    match (from_env, file) {
+        (Some(_), Some(_)) => bail!("both {env_name} and {file_flag} are set; use one of them"),
+        (Some(value), None) => Ok(Some(value.trim().to_owned())),
+        (None, Some(path)) => {
+            let value = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {file_flag} {}", path.display()))?;
+            let value = value.trim();
+            if value.is_empty() {
+                bail!("{file_flag} {} is empty", path.display());
+            }
+            Ok(Some(value.to_owned()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let web = match &cli.web_config_file {
+        Some(path) => WebConfig::load(path)?,
+        None => WebConfig::default(),
+    };
+    let postgres_url = read_secret(POSTGRES_DSN_ENV, cli.postgres_dsn_file.as_deref(), "--postgres.dsn-file")?;
+    let postgres_options = postgres_url.as_deref().map(PostgresConfig::from_url).transpose()?;
+    let queries = if cli.business_enabled {
+        Some(match &cli.business_queries {
+            Some(path) => QueryFile::load(path)?,
+            None => QueryFile::builtin(),
+        })
+    } else {
+        None
+    };
+    if cli.check_config {
+        println!("configuration is valid");
+        return Ok(());
+    }
+
+    let mut slots = Vec::new();
+    match postgres_options {
+        Some(options) => {
+            let target = PostgresConfig::describe(&options);
+            let longest_query = queries.as_ref().map(QueryFile::longest_timeout).unwrap_or_default();
+            let pool = PostgresConfig {
+                options,
+                max_connections: cli.postgres_max_connections,
+                statement_timeout: cli.postgres_timeout.max(longest_query),
+                acquire_timeout: cli.postgres_timeout,
+            }
+            .pool();
+            let slot = CollectorSlot::new("postgres");
+            runner::spawn(
+                PostgresSource::new(pool.clone()),
+                slot.clone(),
+                Schedule {
+                    interval: cli.postgres_interval,
+                    timeout: cli.postgres_timeout,
+                },
+            );
+            slots.push(slot);
+            info!(%target, interval = ?cli.postgres_interval, "PostgreSQL collector enabled");
+            if let Some(file) = queries {
+                info!(%target, queries = file.queries.len(), "business collectors enabled");
+                for query in file.queries {
+                    let slot = CollectorSlot::new(format!("business_{}", query.name));
+                    let schedule = query.schedule;
+                    runner::spawn(BusinessQuerySource::new(query, pool.clone()), slot.clone(), schedule);
+                    slots.push(slot);
+                }
+            }
+        }
+        None => warn!("{POSTGRES_DSN_ENV} and --postgres.dsn-file are unset: PostgreSQL and business collectors are disabled"),
+    }
+
+    let exposition = Arc::new(Exposition::new(slots, Vec::new()));
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(exposition.clone()));
+    let WebConfig { tls, basic_auth } = web;
+    if basic_auth.enabled() {
+        info!("basic authentication required on every endpoint but /healthz");
+    }
+    let state = Arc::new(AppState {
+        registry,
+        exposition,
+        telemetry_path: cli.telemetry_path,
+        basic_auth,
+    });
+    http::serve(cli.listen_address, http::router(state), tls.as_ref()).await
+}

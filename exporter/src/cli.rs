@@ -1,0 +1,175 @@
+//! Command-line flags and environment variables, named like the flags of
+//! Prometheus' own exporters so that operators need no manual.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// 10188: the 9100–9999 range of the Prometheus port allocation list is
+/// taken, and this one is clear of postgres_exporter (9187), redis_exporter
+/// (9121), celery-exporter (9808) and node_exporter (9100).
+pub const DEFAULT_PORT: u16 = 10188;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bookedbarber-exporter",
+    version,
+    about = "Prometheus exporter for BookedBarber V2: PostgreSQL, Redis, Celery and business metrics.",
+    long_about = "Prometheus exporter for BookedBarber V2: PostgreSQL, Redis, Celery and business metrics.\n\n\
+Each source is collected in the background on its own interval; /metrics serves the latest \
+snapshot, so scrapes never reach the databases.\n\n\
+Secrets are read from the environment or from files, never from flags:\n  \
+BOOKEDBARBER_POSTGRES_DSN  PostgreSQL URL (postgres://user:password@host:5432/db) (or --postgres.dsn-file)\n  \
+BOOKEDBARBER_REDIS_URL     Redis URL of the Celery broker (redis://host:6379/0) (or --redis.url-file)"
+)]
+pub struct Cli {
+    /// Address to serve on: host:port, or :port for every interface.
+    #[arg(long = "web.listen-address", env = "BOOKEDBARBER_EXPORTER_LISTEN_ADDRESS",
+          default_value = ":10188", value_parser = parse_listen_address)]
+    pub listen_address: SocketAddr,
+
+    /// Path under which metrics are served.
+    #[arg(long = "web.telemetry-path", default_value = "/metrics", value_parser = parse_path)]
+    pub telemetry_path: String,
+
+    /// Web configuration file (TLS and basic auth), in the format of the
+    /// Prometheus exporter-toolkit.
+    #[arg(long = "web.config.file", env = "BOOKEDBARBER_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// File holding the PostgreSQL URL. The URL can also come from the
+    /// BOOKEDBARBER_POSTGRES_DSN environment variable. With neither, the
+    /// PostgreSQL and business collectors are disabled.
+    #[arg(long = "postgres.dsn-file")]
+    pub postgres_dsn_file: Option<PathBuf>,
+
+    /// How often PostgreSQL infrastructure metrics are collected.
+    #[arg(long = "postgres.interval", default_value = "15s", value_parser = parse_duration)]
+    pub postgres_interval: Duration,
+
+    /// Time limit of one PostgreSQL collection; also its statement_timeout.
+    #[arg(long = "postgres.timeout", default_value = "5s", value_parser = parse_duration)]
+    pub postgres_timeout: Duration,
+
+    /// Connections the exporter may open to PostgreSQL (shared by the
+    /// PostgreSQL and business collectors).
+    #[arg(long = "postgres.max-connections", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub postgres_max_connections: u32,
+
+    /// Business query file (TOML). The shipped BookedBarber queries are used
+    /// when unset.
+    #[arg(long = "business.queries", env = "BOOKEDBARBER_BUSINESS_QUERIES")]
+    pub business_queries: Option<PathBuf>,
+
+    /// Collect the business metrics (bookings, payments, users).
+    #[arg(long = "business.enabled", env = "BOOKEDBARBER_BUSINESS_ENABLED",
+          default_value_t = true, action = clap::ArgAction::Set)]
+    pub business_enabled: bool,
+
+    /// Check the configuration (flags, query file, web config) and exit.
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+
+    /// Minimum level of log messages: error, warn, info, debug or trace.
+    #[arg(long = "log.level", env = "BOOKEDBARBER_LOG_LEVEL", default_value = "info")]
+    pub log_level: tracing::Level,
+
+    /// Log line format.
+    #[arg(long = "log.format", env = "BOOKEDBARBER_LOG_FORMAT", default_value = "logfmt")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    let full = if text.starts_with(':') {
+        format!("0.0.0.0{text}")
+    } else {
+        text.to_owned()
+    };
+    full.parse()
+        .map_err(|_| format!("expected host:port or :port, such as 127.0.0.1:{DEFAULT_PORT} or :{DEFAULT_PORT}"))
+}
+
+fn parse_path(text: &str) -> Result<String, String> {
+    if text.starts_with('/') && text.len() > 1 {
+        Ok(text.to_owned())
+    } else {
+        Err("must start with / and name a path, such as /metrics".to_owned())
+    }
+}
+
+/// Parses durations written the Prometheus way: `500ms`, `15s`, `2m`, `1h`,
+/// or combinations such as `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let err = || format!("invalid duration {text:?}: use a number and a unit (ms, s, m, h), such as 15s or 1m30s");
+    if text.is_empty() {
+        return Err(err());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+        if digits == 0 {
+            return Err(err());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number * 60),
+            "h" => Duration::from_secs(number * 3600),
+            _ => return Err(err()),
+        };
+        total += part;
+        rest = &rest[unit_len..];
+    }
+    if total.is_zero() {
+        return Err(format!("invalid duration {text:?}: must be more than zero"));
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "15", "s", "1.5s", "10x", "0s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen_address(":10188").unwrap().to_string(), "0.0.0.0:10188");
+        assert_eq!(parse_listen_address("127.0.0.1:9").unwrap().to_string(), "127.0.0.1:9");
+        assert_eq!(parse_listen_address("[::1]:9").unwrap().to_string(), "[::1]:9");
+        assert!(parse_listen_address("localhost").is_err());
+    }
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.listen_address.port(), DEFAULT_PORT);
+        assert_eq!(cli.telemetry_path, "/metrics");
+        assert!(cli.business_enabled);
+        let cli = Cli::try_parse_from(["x", "--business.enabled=false", "--log.format=json"]).unwrap();
+        assert!(!cli.business_enabled);
+        assert_eq!(cli.log_format, LogFormat::Json);
+    }
+}

@@ -1,0 +1,17 @@
+//! bookedbarber-exporter: one process that exports PostgreSQL, Redis, Celery
+//! and BookedBarber business metrics for Prometheus.
+//!
+//! Each source module has a configuration, a collect step that does the
+//! I/O, and a pure function that turns what was read into metric families.
+
+pub mod app;
+pub mod business;
+pub mod cli;
+pub mod exposition;
+pub mod http;
+pub mod logging;
+pub mod postgres;
+pub mod process;
+pub mod runner;
+pub mod snapshot;
+pub mod web_config;

@@ -1,0 +1,178 @@
+//! Runs each source on its own interval and publishes what it collected.
+//!
+//! A source's `collect` does the I/O and returns metric families; the runner
+//! adds the timeout, the self-metrics, failure handling and backoff, and
+//! swaps the result into a [`CollectorSlot`] that `/metrics` reads without
+//! waiting on anything.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tracing::{info, warn};
+
+use crate::snapshot::Family;
+
+/// Something that can be collected on a schedule.
+pub trait Source: Send + Sync + 'static {
+    type Error: std::fmt::Display + Send + 'static;
+
+    /// Reads the source and returns its metric families.
+    fn collect(&self) -> impl Future<Output = Result<Vec<Family>, Self::Error>> + Send;
+
+    /// What to serve while the source fails, such as `pg_up 0`.
+    fn failure_families(&self) -> Vec<Family> {
+        Vec::new()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Schedule {
+    /// Delay before the next attempt after `failures` consecutive failures:
+    /// doubling from the interval, capped at four intervals or one minute
+    /// (whichever is smaller, but never below the interval), so a dead server
+    /// sees less traffic while recovery is still noticed quickly.
+    pub fn retry_delay(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            return self.interval;
+        }
+        let cap = (self.interval * 4)
+            .min(Duration::from_secs(60))
+            .max(self.interval);
+        let factor = 1u32 << (failures - 1).min(16);
+        self.interval.saturating_mul(factor).min(cap)
+    }
+}
+
+/// The latest state of one collector, replaced whole after each collection.
+#[derive(Debug, Clone, Default)]
+pub struct SlotState {
+    pub families: Arc<Vec<Family>>,
+    /// At least one collection finished (successfully or not).
+    pub has_run: bool,
+    pub up: bool,
+    pub last_duration_seconds: f64,
+    pub errors_total: u64,
+    pub last_success_unix_seconds: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct CollectorSlot {
+    pub name: String,
+    state: ArcSwap<SlotState>,
+}
+
+impl CollectorSlot {
+    pub fn new(name: impl Into<String>) -> Arc<Self> {
+        Arc::new(CollectorSlot {
+            name: name.into(),
+            state: ArcSwap::from_pointee(SlotState::default()),
+        })
+    }
+
+    pub fn state(&self) -> Arc<SlotState> {
+        self.state.load_full()
+    }
+
+    fn publish(&self, state: SlotState) {
+        self.state.store(Arc::new(state));
+    }
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Starts the collection loop of `source` in the background.
+pub fn spawn<S: Source>(source: S, slot: Arc<CollectorSlot>, schedule: Schedule) {
+    tokio::spawn(run(source, slot, schedule));
+}
+
+async fn run<S: Source>(source: S, slot: Arc<CollectorSlot>, schedule: Schedule) {
+    let mut failures: u32 = 0;
+    let mut last_error = String::new();
+    loop {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(schedule.timeout, source.collect()).await;
+        let duration = started.elapsed().as_secs_f64();
+        let previous = slot.state();
+        let result = match outcome {
+            Ok(Ok(families)) => Ok(families),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("timed out after {:?}", schedule.timeout)),
+        };
+        match result {
+            Ok(families) => {
+                if failures > 0 {
+                    info!(collector = %slot.name, after_failures = failures, "collector recovered");
+                }
+                failures = 0;
+                last_error.clear();
+                slot.publish(SlotState {
+                    families: Arc::new(families),
+                    has_run: true,
+                    up: true,
+                    last_duration_seconds: duration,
+                    errors_total: previous.errors_total,
+                    last_success_unix_seconds: Some(unix_now()),
+                });
+            }
+            Err(error) => {
+                // Log once per change of state or of error, not once per
+                // attempt: a dead server must not flood the logs.
+                if failures == 0 || error != last_error {
+                    warn!(collector = %slot.name, %error, "collection failed");
+                }
+                failures = failures.saturating_add(1);
+                last_error = error;
+                slot.publish(SlotState {
+                    families: Arc::new(source.failure_families()),
+                    has_run: true,
+                    up: false,
+                    last_duration_seconds: duration,
+                    errors_total: previous.errors_total + 1,
+                    last_success_unix_seconds: previous.last_success_unix_seconds,
+                });
+            }
+        }
+        tokio::time::sleep_until((started + schedule.retry_delay(failures)).into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_and_is_capped() {
+        let s = Schedule {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        };
+        let delays: Vec<u64> = (0..6).map(|n| s.retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, vec![1, 1, 2, 4, 4, 4]);
+
+        let slow = Schedule {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+        };
+        assert_eq!(slow.retry_delay(1), Duration::from_secs(30));
+        assert_eq!(slow.retry_delay(2), Duration::from_secs(60));
+        assert_eq!(slow.retry_delay(9), Duration::from_secs(60));
+
+        let rare = Schedule {
+            interval: Duration::from_secs(300),
+            timeout: Duration::from_secs(5),
+        };
+        assert_eq!(rare.retry_delay(5), Duration::from_secs(300));
+    }
+}
