@@ -17,8 +17,14 @@ use crate::web_config::WebConfig;
 pub const POSTGRES_DSN_ENV: &str = "BOOKEDBARBER_POSTGRES_DSN";
 
 /// Reads a secret from its environment variable or from a file, never both.
-fn read_secret(env_name: &str, file: Option<&Path>, file_flag: &str) -> anyhow::Result<Option<String>> {
-    let from_env = std::env::var(env_name).ok().filter(|v| !v.trim().is_empty());
+fn read_secret(
+    env_name: &str,
+    file: Option<&Path>,
+    file_flag: &str,
+) -> anyhow::Result<Option<String>> {
+    let from_env = std::env::var(env_name)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
     match (from_env, file) {
         (Some(_), Some(_)) => bail!("both {env_name} and {file_flag} are set; use one of them"),
         (Some(value), None) => Ok(Some(value.trim().to_owned())),
@@ -40,8 +46,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => WebConfig::load(path)?,
         None => WebConfig::default(),
     };
-    let postgres_url = read_secret(POSTGRES_DSN_ENV, cli.postgres_dsn_file.as_deref(), "--postgres.dsn-file")?;
-    let postgres_options = postgres_url.as_deref().map(PostgresConfig::from_url).transpose()?;
+    let postgres_url = read_secret(
+        POSTGRES_DSN_ENV,
+        cli.postgres_dsn_file.as_deref(),
+        "--postgres.dsn-file",
+    )?;
+    let postgres_options = postgres_url
+        .as_deref()
+        .map(PostgresConfig::from_url)
+        .transpose()?;
     let queries = if cli.business_enabled {
         Some(match &cli.business_queries {
             Some(path) => QueryFile::load(path)?,

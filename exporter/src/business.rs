@@ -24,7 +24,13 @@ pub const DEFAULT_QUERIES: &str = include_str!("../../config/business-queries.to
 pub const DEFAULT_QUERIES_NAME: &str = "config/business-queries.toml (built in)";
 
 /// Prefixes of the built-in collectors' metrics, which a query may not use.
-const RESERVED_PREFIXES: [&str; 5] = ["bookedbarber_exporter_", "process_", "pg_", "redis_", "celery_"];
+const RESERVED_PREFIXES: [&str; 5] = [
+    "bookedbarber_exporter_",
+    "process_",
+    "pg_",
+    "redis_",
+    "celery_",
+];
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -130,16 +136,22 @@ impl QueryFile {
             file: file.to_owned(),
             message,
         };
-        let raw: RawFile = toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
+        let raw: RawFile =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
         let at = |span: std::ops::Range<usize>, key: &str, problem: String| {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
             invalid(format!("line {line}, key `{key}`: {problem}"))
         };
-        let duration = |value: &Option<Spanned<String>>, key: &str, fallback: Duration| match value {
+        let duration = |value: &Option<Spanned<String>>, key: &str, fallback: Duration| match value
+        {
             None => Ok(fallback),
             Some(v) => parse_duration(v.get_ref()).map_err(|e| at(v.span(), key, e)),
         };
-        let default_interval = duration(&raw.defaults.interval, "defaults.interval", DEFAULT_INTERVAL)?;
+        let default_interval = duration(
+            &raw.defaults.interval,
+            "defaults.interval",
+            DEFAULT_INTERVAL,
+        )?;
         let default_timeout = duration(&raw.defaults.timeout, "defaults.timeout", DEFAULT_TIMEOUT)?;
 
         let mut query_names = HashSet::new();
@@ -153,62 +165,112 @@ impl QueryFile {
                 )));
             }
             if !query_names.insert(name.clone()) {
-                return Err(at(q.name.span(), "query.name", format!("duplicate query name {name:?}")));
+                return Err(at(
+                    q.name.span(),
+                    "query.name",
+                    format!("duplicate query name {name:?}"),
+                ));
             }
             let interval = duration(&q.interval, "query.interval", default_interval)?;
             let timeout = duration(&q.timeout, "query.timeout", default_timeout)?;
             if q.sql.trim().is_empty() {
-                return Err(at(q.name.span(), "query.sql", format!("query {name:?} has an empty sql")));
+                return Err(at(
+                    q.name.span(),
+                    "query.sql",
+                    format!("query {name:?} has an empty sql"),
+                ));
             }
             if q.metric.is_empty() {
-                return Err(at(q.name.span(), "query.metric", format!("query {name:?} defines no [[query.metric]]")));
+                return Err(at(
+                    q.name.span(),
+                    "query.metric",
+                    format!("query {name:?} defines no [[query.metric]]"),
+                ));
             }
             let mut metrics = Vec::with_capacity(q.metric.len());
             for m in q.metric {
                 let metric_name = m.name.get_ref().clone();
                 if !is_valid_metric_name(&metric_name) {
-                    return Err(at(m.name.span(), "query.metric.name", format!("{metric_name:?} is not a valid Prometheus metric name")));
+                    return Err(at(
+                        m.name.span(),
+                        "query.metric.name",
+                        format!("{metric_name:?} is not a valid Prometheus metric name"),
+                    ));
                 }
-                if let Some(prefix) = RESERVED_PREFIXES.iter().find(|p| metric_name.starts_with(*p)) {
+                if let Some(prefix) = RESERVED_PREFIXES
+                    .iter()
+                    .find(|p| metric_name.starts_with(*p))
+                {
                     return Err(at(m.name.span(), "query.metric.name", format!(
                         "{metric_name:?}: the prefix {prefix:?} belongs to the exporter's built-in metrics"
                     )));
                 }
                 if !metric_names.insert(metric_name.clone()) {
-                    return Err(at(m.name.span(), "query.metric.name", format!("duplicate metric name {metric_name:?}")));
+                    return Err(at(
+                        m.name.span(),
+                        "query.metric.name",
+                        format!("duplicate metric name {metric_name:?}"),
+                    ));
                 }
                 let kind = match m.kind.get_ref().as_str() {
                     "gauge" => Kind::Gauge,
                     "counter" => Kind::Counter,
                     other => {
-                        return Err(at(m.kind.span(), "query.metric.type", format!(
-                            "unknown type {other:?}: expected \"gauge\" or \"counter\""
-                        )))
+                        return Err(at(
+                            m.kind.span(),
+                            "query.metric.type",
+                            format!("unknown type {other:?}: expected \"gauge\" or \"counter\""),
+                        ))
                     }
                 };
                 if kind == Kind::Counter && !metric_name.ends_with("_total") {
-                    return Err(at(m.name.span(), "query.metric.name", format!("counter {metric_name:?} must end in _total")));
+                    return Err(at(
+                        m.name.span(),
+                        "query.metric.name",
+                        format!("counter {metric_name:?} must end in _total"),
+                    ));
                 }
                 if kind == Kind::Gauge && metric_name.ends_with("_total") {
-                    return Err(at(m.name.span(), "query.metric.name", format!(
-                        "gauge {metric_name:?} must not end in _total, which is for counters"
-                    )));
+                    return Err(at(
+                        m.name.span(),
+                        "query.metric.name",
+                        format!(
+                            "gauge {metric_name:?} must not end in _total, which is for counters"
+                        ),
+                    ));
                 }
                 if m.help.get_ref().trim().is_empty() {
-                    return Err(at(m.help.span(), "query.metric.help", format!("metric {metric_name:?} needs a help text")));
+                    return Err(at(
+                        m.help.span(),
+                        "query.metric.help",
+                        format!("metric {metric_name:?} needs a help text"),
+                    ));
                 }
                 let mut seen_labels = BTreeSet::new();
                 for label in &m.labels {
                     if !is_valid_label_name(label.get_ref()) {
-                        return Err(at(label.span(), "query.metric.labels", format!("{:?} is not a valid label name", label.get_ref())));
+                        return Err(at(
+                            label.span(),
+                            "query.metric.labels",
+                            format!("{:?} is not a valid label name", label.get_ref()),
+                        ));
                     }
                     if !seen_labels.insert(label.get_ref().clone()) {
-                        return Err(at(label.span(), "query.metric.labels", format!("label {:?} listed twice", label.get_ref())));
+                        return Err(at(
+                            label.span(),
+                            "query.metric.labels",
+                            format!("label {:?} listed twice", label.get_ref()),
+                        ));
                     }
                     if label.get_ref() == m.value.get_ref() {
-                        return Err(at(label.span(), "query.metric.labels", format!(
-                            "column {:?} cannot be both the value and a label", label.get_ref()
-                        )));
+                        return Err(at(
+                            label.span(),
+                            "query.metric.labels",
+                            format!(
+                                "column {:?} cannot be both the value and a label",
+                                label.get_ref()
+                            ),
+                        ));
                     }
                 }
                 metrics.push(MetricDef {
@@ -232,12 +294,19 @@ impl QueryFile {
     /// The longest timeout of any query, so the connection's
     /// statement_timeout never cuts a query short before its own timeout.
     pub fn longest_timeout(&self) -> Duration {
-        self.queries.iter().map(|q| q.schedule.timeout).max().unwrap_or(Duration::ZERO)
+        self.queries
+            .iter()
+            .map(|q| q.schedule.timeout)
+            .max()
+            .unwrap_or(Duration::ZERO)
     }
 }
 
 fn is_valid_query_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn is_valid_metric_name(name: &str) -> bool {
@@ -278,14 +347,20 @@ pub fn families_from_rows(query: &QueryDef, rows: &[ResultRow]) -> Result<Vec<Fa
                     .map(|(_, c)| c)
                     .ok_or_else(|| {
                         let have: Vec<&str> = row.iter().map(|(n, _)| n.as_str()).collect();
-                        format!("metric {}: the result has no column {column:?} (it has {have:?})", metric.name)
+                        format!(
+                            "metric {}: the result has no column {column:?} (it has {have:?})",
+                            metric.name
+                        )
                     })
             };
             let value = match cell(&metric.value_column)? {
                 Cell::Null => continue,
                 Cell::Number(n) => *n,
                 Cell::Text(t) => t.trim().parse::<f64>().map_err(|_| {
-                    format!("metric {}: value column {:?} holds {t:?}, not a number", metric.name, metric.value_column)
+                    format!(
+                        "metric {}: value column {:?} holds {t:?}, not a number",
+                        metric.name, metric.value_column
+                    )
                 })?,
             };
             let mut labels = Vec::with_capacity(metric.label_columns.len());
@@ -395,7 +470,11 @@ labels = ["kind"]
     #[test]
     fn builtin_file_is_valid_and_covers_the_catalogue() {
         let file = QueryFile::builtin();
-        let names: Vec<&str> = file.queries.iter().flat_map(|q| q.metrics.iter().map(|m| m.name.as_str())).collect();
+        let names: Vec<&str> = file
+            .queries
+            .iter()
+            .flat_map(|q| q.metrics.iter().map(|m| m.name.as_str()))
+            .collect();
         for expected in [
             "bookedbarber_appointments",
             "bookedbarber_appointments_created_total",
@@ -413,7 +492,10 @@ labels = ["kind"]
             "bookedbarber_users",
             "bookedbarber_users_created_total",
         ] {
-            assert!(names.contains(&expected), "{expected} missing from the built-in queries");
+            assert!(
+                names.contains(&expected),
+                "{expected} missing from the built-in queries"
+            );
         }
     }
 
@@ -447,23 +529,37 @@ labels = ["kind"]
     fn duplicate_metric_name_names_the_second_line() {
         let text = format!("{ONE}\n[[query]]\nname = \"b\"\nsql = \"SELECT 2\"\n[[query.metric]]\nname = \"shop_things\"\nhelp = \"h\"\ntype = \"gauge\"\nvalue = \"n\"\n");
         let e = err(&text);
-        assert!(e.contains("q.toml: line 16, key `query.metric.name`: duplicate metric name \"shop_things\""), "{e}");
+        assert!(
+            e.contains(
+                "q.toml: line 16, key `query.metric.name`: duplicate metric name \"shop_things\""
+            ),
+            "{e}"
+        );
     }
 
     #[test]
     fn other_validation_errors() {
         assert!(err(&ONE.replace("\"gauge\"", "\"summary\"")).contains("key `query.metric.type`"));
         assert!(err(&ONE.replace("shop_things", "pg_things")).contains("built-in"));
-        assert!(err(&ONE.replace("shop_things", "shop things")).contains("not a valid Prometheus metric name"));
+        assert!(err(&ONE.replace("shop_things", "shop things"))
+            .contains("not a valid Prometheus metric name"));
         assert!(err(&ONE.replace("\"gauge\"", "\"counter\"")).contains("must end in _total"));
         assert!(err(&ONE.replace("[\"kind\"]", "[\"n\"]")).contains("both the value and a label"));
-        assert!(err(&ONE.replace("name = \"a\"", "name = \"a\"\ninterval = \"soon\"")).contains("key `query.interval`"));
-        assert!(err(&ONE.replace("help = \"Things.\"", "help = \" \"")).contains("needs a help text"));
+        assert!(
+            err(&ONE.replace("name = \"a\"", "name = \"a\"\ninterval = \"soon\""))
+                .contains("key `query.interval`")
+        );
+        assert!(
+            err(&ONE.replace("help = \"Things.\"", "help = \" \"")).contains("needs a help text")
+        );
     }
 
     fn row(kind: Option<&str>, n: Cell) -> ResultRow {
         vec![
-            ("kind".into(), kind.map_or(Cell::Null, |k| Cell::Text(k.into()))),
+            (
+                "kind".into(),
+                kind.map_or(Cell::Null, |k| Cell::Text(k.into())),
+            ),
             ("n".into(), n),
         ]
     }
@@ -488,7 +584,13 @@ labels = ["kind"]
     #[test]
     fn bad_rows_are_errors() {
         let q = QueryFile::parse(ONE, "q").unwrap().queries.remove(0);
-        let dup = families_from_rows(&q, &[row(Some("x"), Cell::Number(1.0)), row(Some("x"), Cell::Number(2.0))]);
+        let dup = families_from_rows(
+            &q,
+            &[
+                row(Some("x"), Cell::Number(1.0)),
+                row(Some("x"), Cell::Number(2.0)),
+            ],
+        );
         assert!(dup.unwrap_err().contains("same labels"));
         let missing = families_from_rows(&q, &[vec![("n".into(), Cell::Number(1.0))]]);
         assert!(missing.unwrap_err().contains("no column \"kind\""));

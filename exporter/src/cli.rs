@@ -74,11 +74,19 @@ pub struct Cli {
     pub check_config: bool,
 
     /// Minimum level of log messages: error, warn, info, debug or trace.
-    #[arg(long = "log.level", env = "BOOKEDBARBER_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long = "log.level",
+        env = "BOOKEDBARBER_LOG_LEVEL",
+        default_value = "info"
+    )]
     pub log_level: tracing::Level,
 
     /// Log line format.
-    #[arg(long = "log.format", env = "BOOKEDBARBER_LOG_FORMAT", default_value = "logfmt")]
+    #[arg(
+        long = "log.format",
+        env = "BOOKEDBARBER_LOG_FORMAT",
+        default_value = "logfmt"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -94,8 +102,9 @@ fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
     } else {
         text.to_owned()
     };
-    full.parse()
-        .map_err(|_| format!("expected host:port or :port, such as 127.0.0.1:{DEFAULT_PORT} or :{DEFAULT_PORT}"))
+    full.parse().map_err(|_| {
+        format!("expected host:port or :port, such as 127.0.0.1:{DEFAULT_PORT} or :{DEFAULT_PORT}")
+    })
 }
 
 fn parse_path(text: &str) -> Result<String, String> {
@@ -109,7 +118,9 @@ fn parse_path(text: &str) -> Result<String, String> {
 /// Parses durations written the Prometheus way: `500ms`, `15s`, `2m`, `1h`,
 /// or combinations such as `1m30s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let err = || format!("invalid duration {text:?}: use a number and a unit (ms, s, m, h), such as 15s or 1m30s");
+    let err = || {
+        format!("invalid duration {text:?}: use a number and a unit (ms, s, m, h), such as 15s or 1m30s")
+    };
     if text.is_empty() {
         return Err(err());
     }
@@ -122,7 +133,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
         let number: u64 = rest[..digits].parse().map_err(|_| err())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(number),
             "s" => Duration::from_secs(number),
@@ -156,9 +169,18 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        assert_eq!(parse_listen_address(":10188").unwrap().to_string(), "0.0.0.0:10188");
-        assert_eq!(parse_listen_address("127.0.0.1:9").unwrap().to_string(), "127.0.0.1:9");
-        assert_eq!(parse_listen_address("[::1]:9").unwrap().to_string(), "[::1]:9");
+        assert_eq!(
+            parse_listen_address(":10188").unwrap().to_string(),
+            "0.0.0.0:10188"
+        );
+        assert_eq!(
+            parse_listen_address("127.0.0.1:9").unwrap().to_string(),
+            "127.0.0.1:9"
+        );
+        assert_eq!(
+            parse_listen_address("[::1]:9").unwrap().to_string(),
+            "[::1]:9"
+        );
         assert!(parse_listen_address("localhost").is_err());
     }
 
@@ -168,7 +190,8 @@ mod tests {
         assert_eq!(cli.listen_address.port(), DEFAULT_PORT);
         assert_eq!(cli.telemetry_path, "/metrics");
         assert!(cli.business_enabled);
-        let cli = Cli::try_parse_from(["x", "--business.enabled=false", "--log.format=json"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["x", "--business.enabled=false", "--log.format=json"]).unwrap();
         assert!(!cli.business_enabled);
         assert_eq!(cli.log_format, LogFormat::Json);
     }

@@ -36,7 +36,10 @@ impl Exposition {
         build_info.push(
             [
                 ("version", env!("CARGO_PKG_VERSION")),
-                ("revision", option_env!("BOOKEDBARBER_BUILD_REVISION").unwrap_or("unknown")),
+                (
+                    "revision",
+                    option_env!("BOOKEDBARBER_BUILD_REVISION").unwrap_or("unknown"),
+                ),
             ],
             1.0,
         );
@@ -121,7 +124,10 @@ impl Collector for Exposition {
     }
 }
 
-pub fn encode_family(encoder: &mut DescriptorEncoder, family: &Family) -> Result<(), std::fmt::Error> {
+pub fn encode_family(
+    encoder: &mut DescriptorEncoder,
+    family: &Family,
+) -> Result<(), std::fmt::Error> {
     if family.samples.is_empty() {
         return Ok(());
     }
@@ -142,9 +148,14 @@ pub fn encode_family(encoder: &mut DescriptorEncoder, family: &Family) -> Result
                 series.encode_counter::<NoLabelSet, f64, f64>(v, None)?
             }
             (Value::Number(v), _) => series.encode_gauge(v)?,
-            (Value::Histogram { sum, count, buckets }, _) => {
-                series.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?
-            }
+            (
+                Value::Histogram {
+                    sum,
+                    count,
+                    buckets,
+                },
+                _,
+            ) => series.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?,
         }
     }
     Ok(())
@@ -184,8 +195,14 @@ mod tests {
         let mut c = Family::counter("pg_stat_database_deadlocks_total", "Deadlocks.");
         c.push([("datname", "app")], 3.0);
         let text = render_families(vec![c]);
-        assert!(text.contains("# TYPE pg_stat_database_deadlocks_total counter"), "{text}");
-        assert!(text.contains("pg_stat_database_deadlocks_total{datname=\"app\"} 3"), "{text}");
+        assert!(
+            text.contains("# TYPE pg_stat_database_deadlocks_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pg_stat_database_deadlocks_total{datname=\"app\"} 3"),
+            "{text}"
+        );
         assert!(!text.contains("_total_total"), "{text}");
     }
 
@@ -210,9 +227,19 @@ mod tests {
             },
         });
         let text = render_families(vec![h]);
-        assert!(text.contains(r#"job_seconds_bucket{name="t",le="1.0"} 1"#) || text.contains(r#"job_seconds_bucket{name="t",le="1"} 1"#), "{text}");
-        assert!(text.contains(r#"le="5"} 3"#) || text.contains(r#"le="5.0"} 3"#), "{text}");
-        assert!(text.contains(r#"job_seconds_bucket{name="t",le="+Inf"} 4"#), "{text}");
+        assert!(
+            text.contains(r#"job_seconds_bucket{name="t",le="1.0"} 1"#)
+                || text.contains(r#"job_seconds_bucket{name="t",le="1"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"le="5"} 3"#) || text.contains(r#"le="5.0"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"job_seconds_bucket{name="t",le="+Inf"} 4"#),
+            "{text}"
+        );
         assert!(text.contains(r#"job_seconds_count{name="t"} 4"#), "{text}");
     }
 }

@@ -32,7 +32,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route(
             &state.telemetry_path,
-            get(metrics).layer(CompressionLayer::new().gzip(true).no_br().no_deflate().no_zstd()),
+            get(metrics).layer(
+                CompressionLayer::new()
+                    .gzip(true)
+                    .no_br()
+                    .no_deflate()
+                    .no_zstd(),
+            ),
         )
         .route("/readyz", get(readyz))
         .route("/", get(landing))
@@ -46,7 +52,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let body = render(&state.registry);
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT))], body).into_response()
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT))],
+        body,
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -56,7 +66,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("waiting for the first collection of: {}\n", pending.join(", ")),
+            format!(
+                "waiting for the first collection of: {}\n",
+                pending.join(", ")
+            ),
         )
             .into_response()
     }
@@ -74,7 +87,11 @@ async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
     ))
 }
 
-async fn require_auth(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn require_auth(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if !state.basic_auth.enabled() {
         return next.run(request).await;
     }
@@ -83,7 +100,11 @@ async fn require_auth(State(state): State<Arc<AppState>>, request: Request, next
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok())
+        .and_then(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+        })
         .and_then(|raw| String::from_utf8(raw).ok());
     let allowed = credentials
         .as_deref()
@@ -94,7 +115,10 @@ async fn require_auth(State(state): State<Arc<AppState>>, request: Request, next
     } else {
         (
             StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Basic realm=\"bookedbarber-exporter\"")],
+            [(
+                header::WWW_AUTHENTICATE,
+                "Basic realm=\"bookedbarber-exporter\"",
+            )],
             "Unauthorized\n",
         )
             .into_response()
@@ -118,18 +142,27 @@ pub async fn serve(address: SocketAddr, app: Router, tls: Option<&TlsFiles>) -> 
     tokio::spawn(announce);
     match tls {
         Some(tls) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+            let config =
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot load TLS certificate {} and key {}: {e}",
+                            tls.cert_file.display(),
+                            tls.key_file.display()
+                        )
+                    })?;
+            axum_server::bind_rustls(address, config)
+                .handle(handle)
+                .serve(service)
                 .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot load TLS certificate {} and key {}: {e}",
-                        tls.cert_file.display(),
-                        tls.key_file.display()
-                    )
-                })?;
-            axum_server::bind_rustls(address, config).handle(handle).serve(service).await
         }
-        None => axum_server::bind(address).handle(handle).serve(service).await,
+        None => {
+            axum_server::bind(address)
+                .handle(handle)
+                .serve(service)
+                .await
+        }
     }
     .map_err(|e| anyhow::anyhow!("cannot serve on {address}: {e}"))
 }

@@ -14,9 +14,15 @@ pub fn init(level: tracing::Level, format: LogFormat) {
     // Dependencies (sqlx, hyper) log per statement or connection at info;
     // only our own crate follows --log.level below warn.
     let filter = tracing_subscriber::EnvFilter::new(format!("warn,bookedbarber_exporter={level}"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         LogFormat::Logfmt => builder.event_format(Logfmt).init(),
     }
 }
@@ -29,10 +35,22 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let now = chrono_like_now();
-        write!(writer, "ts={now} level={}", event.metadata().level().as_str().to_ascii_lowercase())?;
-        let mut visitor = LogfmtVisitor { out: String::new(), message: None };
+        write!(
+            writer,
+            "ts={now} level={}",
+            event.metadata().level().as_str().to_ascii_lowercase()
+        )?;
+        let mut visitor = LogfmtVisitor {
+            out: String::new(),
+            message: None,
+        };
         event.record(&mut visitor);
         if let Some(message) = visitor.message {
             write!(writer, " msg={}", quote(&message))?;
@@ -51,7 +69,8 @@ impl Visit for LogfmtVisitor {
         if field.name() == "message" {
             self.message = Some(value.to_owned());
         } else {
-            self.out.push_str(&format!(" {}={}", field.name(), quote(value)));
+            self.out
+                .push_str(&format!(" {}={}", field.name(), quote(value)));
         }
     }
 
@@ -61,7 +80,9 @@ impl Visit for LogfmtVisitor {
 }
 
 fn quote(value: &str) -> String {
-    if !value.is_empty() && !value.contains(|c: char| c.is_whitespace() || c == '"' || c == '=' || c.is_control()) {
+    if !value.is_empty()
+        && !value.contains(|c: char| c.is_whitespace() || c == '"' || c == '=' || c.is_control())
+    {
         value.to_owned()
     } else {
         format!("{value:?}")

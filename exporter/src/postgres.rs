@@ -401,13 +401,31 @@ mod tests {
     fn known_states_and_modes_are_zero_filled() {
         let f = families(&reading());
         let conns = find(&f, "pg_connections").unwrap();
-        assert_eq!(conns.value_of(&[("datname", "app"), ("state", "active")]), Some(3.0));
-        assert_eq!(conns.value_of(&[("datname", "app"), ("state", "idle")]), Some(0.0));
-        assert_eq!(conns.value_of(&[("datname", "postgres"), ("state", "active")]), Some(0.0));
-        assert_eq!(conns.value_of(&[("datname", "app"), ("state", "unknown")]), Some(1.0));
+        assert_eq!(
+            conns.value_of(&[("datname", "app"), ("state", "active")]),
+            Some(3.0)
+        );
+        assert_eq!(
+            conns.value_of(&[("datname", "app"), ("state", "idle")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            conns.value_of(&[("datname", "postgres"), ("state", "active")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            conns.value_of(&[("datname", "app"), ("state", "unknown")]),
+            Some(1.0)
+        );
         let locks = find(&f, "pg_locks").unwrap();
-        assert_eq!(locks.value_of(&[("datname", "app"), ("mode", "RowExclusiveLock")]), Some(4.0));
-        assert_eq!(locks.value_of(&[("datname", "postgres"), ("mode", "AccessExclusiveLock")]), Some(0.0));
+        assert_eq!(
+            locks.value_of(&[("datname", "app"), ("mode", "RowExclusiveLock")]),
+            Some(4.0)
+        );
+        assert_eq!(
+            locks.value_of(&[("datname", "postgres"), ("mode", "AccessExclusiveLock")]),
+            Some(0.0)
+        );
         assert_eq!(locks.samples.len(), 16);
     }
 
@@ -415,12 +433,25 @@ mod tests {
     fn per_database_counters_and_longest_transaction() {
         let f = families(&reading());
         assert_eq!(find(&f, "pg_up").unwrap().value_of(&[]), Some(1.0));
-        assert_eq!(find(&f, "pg_stat_database_deadlocks_total").unwrap().value_of(&[("datname", "app")]), Some(1.0));
-        assert_eq!(find(&f, "pg_database_size_bytes").unwrap().value_of(&[("datname", "app")]), Some(1000.0));
+        assert_eq!(
+            find(&f, "pg_stat_database_deadlocks_total")
+                .unwrap()
+                .value_of(&[("datname", "app")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            find(&f, "pg_database_size_bytes")
+                .unwrap()
+                .value_of(&[("datname", "app")]),
+            Some(1000.0)
+        );
         let longest = find(&f, "pg_longest_transaction_seconds").unwrap();
         assert_eq!(longest.value_of(&[("datname", "app")]), Some(12.5));
         assert_eq!(longest.value_of(&[("datname", "postgres")]), Some(0.0));
-        assert_eq!(find(&f, "pg_connections_max").unwrap().value_of(&[]), Some(100.0));
+        assert_eq!(
+            find(&f, "pg_connections_max").unwrap().value_of(&[]),
+            Some(100.0)
+        );
     }
 
     #[test]

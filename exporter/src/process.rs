@@ -128,7 +128,10 @@ mod tests {
 
     #[test]
     fn reads_own_process() {
-        let names: Vec<String> = families().into_iter().map(|f| f.name.into_owned()).collect();
+        let names: Vec<String> = families()
+            .into_iter()
+            .map(|f| f.name.into_owned())
+            .collect();
         for expected in [
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
@@ -136,7 +139,10 @@ mod tests {
             "process_open_fds",
             "process_max_fds",
         ] {
-            assert!(names.iter().any(|n| n == expected), "missing {expected} in {names:?}");
+            assert!(
+                names.iter().any(|n| n == expected),
+                "missing {expected} in {names:?}"
+            );
         }
     }
 }

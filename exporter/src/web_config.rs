@@ -171,10 +171,28 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_problem() {
-        let e = WebConfig::parse("tls_server_config:\n  cert_file: a\n  key_fil: b\n", "w.yml", Path::new(".")).unwrap_err().to_string();
-        assert!(e.contains("w.yml") && e.contains("key_fil") && e.contains("line 3"), "{e}");
-        let e = WebConfig::parse("basic_auth_users:\n  prom: plaintext\n", "w.yml", Path::new(".")).unwrap_err().to_string();
-        assert!(e.contains("basic_auth_users.prom") && e.contains("bcrypt"), "{e}");
+        let e = WebConfig::parse(
+            "tls_server_config:\n  cert_file: a\n  key_fil: b\n",
+            "w.yml",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("w.yml") && e.contains("key_fil") && e.contains("line 3"),
+            "{e}"
+        );
+        let e = WebConfig::parse(
+            "basic_auth_users:\n  prom: plaintext\n",
+            "w.yml",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("basic_auth_users.prom") && e.contains("bcrypt"),
+            "{e}"
+        );
         let empty = WebConfig::parse("", "w.yml", Path::new(".")).unwrap();
         assert!(empty.tls.is_none() && !empty.basic_auth.enabled());
     }
