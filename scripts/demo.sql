@@ -53,7 +53,7 @@ BEGIN
                                ARRAY[0.78, 0.90, 0.97, 0.985, 0.99, 1.0], r)
                 ELSE demo_pick(ARRAY['scheduled','confirmed','pending','cancelled'], ARRAY[0.55, 0.90, 0.95, 1.0], r)
            END,
-           st - random() * interval '14 days',
+           least(st, demo_now()) - random() * interval '14 days',
            random() < 0.01
     FROM (SELECT g, random() AS r, 1 + (random() * 4)::int AS svc,
                  demo_now() - interval '180 days' + random() * interval '210 days' AS st,

@@ -7,14 +7,20 @@ use anyhow::{bail, Context};
 use tracing::{info, warn};
 
 use crate::business::{BusinessQuerySource, QueryFile};
+use crate::celery_events::{self, EventHub, EventLimits};
+use crate::celery_queues::{CeleryQueueSource, QueueConfig};
 use crate::cli::Cli;
 use crate::exposition::Exposition;
+use crate::exposition::LiveFamilies;
 use crate::http::{self, AppState};
 use crate::postgres::{PostgresConfig, PostgresSource};
+use crate::redis_conn::{RedisTarget, SharedConnection};
+use crate::redis_server::RedisServerSource;
 use crate::runner::{self, CollectorSlot, Schedule};
 use crate::web_config::WebConfig;
 
 pub const POSTGRES_DSN_ENV: &str = "BOOKEDBARBER_POSTGRES_DSN";
+pub const REDIS_URL_ENV: &str = "BOOKEDBARBER_REDIS_URL";
 
 /// Reads a secret from its environment variable or from a file, never both.
 fn read_secret(
@@ -54,6 +60,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let postgres_options = postgres_url
         .as_deref()
         .map(PostgresConfig::from_url)
+        .transpose()?;
+    let redis_url = read_secret(
+        REDIS_URL_ENV,
+        cli.redis_url_file.as_deref(),
+        "--redis.url-file",
+    )?;
+    let redis_target = redis_url
+        .as_deref()
+        .map(RedisTarget::from_url)
         .transpose()?;
     let queries = if cli.business_enabled {
         Some(match &cli.business_queries {
@@ -104,7 +119,65 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => warn!("{POSTGRES_DSN_ENV} and --postgres.dsn-file are unset: PostgreSQL and business collectors are disabled"),
     }
 
-    let exposition = Arc::new(Exposition::new(slots, Vec::new()));
+    let mut live: Vec<Arc<dyn LiveFamilies>> = Vec::new();
+    match redis_target {
+        Some(target) => {
+            let connection = Arc::new(SharedConnection::new(target.clone(), cli.redis_timeout));
+            let slot = CollectorSlot::new("redis");
+            runner::spawn(
+                RedisServerSource::new(connection.clone()),
+                slot.clone(),
+                Schedule {
+                    interval: cli.redis_interval,
+                    timeout: cli.redis_timeout,
+                },
+            );
+            slots.push(slot);
+            info!(target = %target.description, interval = ?cli.redis_interval, "Redis collector enabled");
+
+            let hub = cli.celery_events_enabled.then(|| {
+                EventHub::new(EventLimits {
+                    max_task_names: cli.celery_max_task_names,
+                    max_queues: cli.celery_max_queues,
+                    max_workers: cli.celery_max_workers,
+                    max_tracked_tasks: cli.celery_max_tracked_tasks,
+                    forget_workers_after: cli.celery_worker_forget_after,
+                    ..EventLimits::default()
+                })
+            });
+            if let Some(hub) = &hub {
+                let dbs = if cli.celery_event_dbs.is_empty() { vec![target.db] } else { cli.celery_event_dbs.clone() };
+                let patterns = celery_events::channel_patterns(&cli.celery_key_prefix, &dbs);
+                tokio::spawn(celery_events::consume(target.clone(), patterns, hub.clone(), cli.redis_timeout));
+                live.push(hub.clone());
+            }
+            let queues = QueueConfig {
+                key_prefix: cli.celery_key_prefix.clone(),
+                separator: cli.celery_priority_separator.clone(),
+                priority_steps: cli.celery_priority_steps.0.clone(),
+                queues: cli.celery_queues.iter().map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()).collect(),
+                discover: cli.celery_discover_queues,
+                max_queues: cli.celery_max_queues,
+                event_exchange: cli.celery_event_exchange.clone(),
+                control_exchange: cli.celery_control_exchange.clone(),
+                ..QueueConfig::default()
+            };
+            let slot = CollectorSlot::new("celery_queues");
+            runner::spawn(
+                CeleryQueueSource::new(queues, connection, hub),
+                slot.clone(),
+                Schedule {
+                    interval: cli.celery_interval,
+                    timeout: cli.celery_timeout,
+                },
+            );
+            slots.push(slot);
+            info!(target = %target.description, events = cli.celery_events_enabled, "Celery collectors enabled");
+        }
+        None => warn!("{REDIS_URL_ENV} and --redis.url-file are unset: Redis and Celery collectors are disabled"),
+    }
+
+    let exposition = Arc::new(Exposition::new(slots, live));
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(exposition.clone()));
     let WebConfig { tls, basic_auth } = web;

@@ -69,6 +69,92 @@ pub struct Cli {
           default_value_t = true, action = clap::ArgAction::Set)]
     pub business_enabled: bool,
 
+    /// File holding the Redis URL of the Celery broker (redis:// or
+    /// rediss://, with the broker's database: redis://host:6379/0). The URL
+    /// can also come from the BOOKEDBARBER_REDIS_URL environment variable.
+    /// With neither, the Redis and Celery collectors are disabled.
+    #[arg(long = "redis.url-file")]
+    pub redis_url_file: Option<PathBuf>,
+
+    /// How often Redis server metrics (INFO) are collected.
+    #[arg(long = "redis.interval", default_value = "15s", value_parser = parse_duration)]
+    pub redis_interval: Duration,
+
+    /// Time limit of one Redis collection, and of connecting to Redis.
+    #[arg(long = "redis.timeout", default_value = "5s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// How often Celery queue depths are collected.
+    #[arg(long = "celery.interval", default_value = "10s", value_parser = parse_duration)]
+    pub celery_interval: Duration,
+
+    /// Time limit of one Celery queue collection.
+    #[arg(long = "celery.timeout", default_value = "5s", value_parser = parse_duration)]
+    pub celery_timeout: Duration,
+
+    /// Queues always reported (comma-separated), even while empty and
+    /// undeclared; others are discovered from kombu's bindings.
+    #[arg(
+        long = "celery.queues",
+        env = "BOOKEDBARBER_CELERY_QUEUES",
+        value_delimiter = ',',
+        default_value = "celery"
+    )]
+    pub celery_queues: Vec<String>,
+
+    /// Discover queues from kombu's _kombu.binding.* sets.
+    #[arg(long = "celery.discover-queues", default_value_t = true, action = clap::ArgAction::Set)]
+    pub celery_discover_queues: bool,
+
+    /// kombu's global_keyprefix transport option.
+    #[arg(long = "celery.key-prefix", default_value = "")]
+    pub celery_key_prefix: String,
+
+    /// kombu's priority_steps transport option (comma-separated).
+    #[arg(long = "celery.priority-steps", default_value = "0,3,6,9", value_parser = parse_steps)]
+    pub celery_priority_steps: PrioritySteps,
+
+    /// kombu's sep transport option; \xNN escapes allowed.
+    #[arg(long = "celery.priority-separator", default_value = "\\x06\\x16", value_parser = parse_escaped)]
+    pub celery_priority_separator: String,
+
+    /// Celery's event_exchange setting.
+    #[arg(long = "celery.event-exchange", default_value = "celeryev")]
+    pub celery_event_exchange: String,
+
+    /// Celery's control_exchange setting.
+    #[arg(long = "celery.control-exchange", default_value = "celery")]
+    pub celery_control_exchange: String,
+
+    /// Subscribe to Celery's task and worker events.
+    #[arg(long = "celery.events.enabled", default_value_t = true, action = clap::ArgAction::Set)]
+    pub celery_events_enabled: bool,
+
+    /// Redis databases whose events to follow (comma-separated); the
+    /// broker URL's database when unset.
+    #[arg(long = "celery.events.dbs", value_delimiter = ',')]
+    pub celery_event_dbs: Vec<i64>,
+
+    /// Queues reported one by one; more are summed as queue="__overflow__".
+    #[arg(long = "celery.max-queues", default_value_t = 100)]
+    pub celery_max_queues: usize,
+
+    /// Distinct task names reported; more are counted as name="__overflow__".
+    #[arg(long = "celery.max-task-names", default_value_t = 500)]
+    pub celery_max_task_names: usize,
+
+    /// Workers tracked at once.
+    #[arg(long = "celery.max-workers", default_value_t = 500)]
+    pub celery_max_workers: usize,
+
+    /// Tasks remembered by uuid (to name their later events); bounds memory.
+    #[arg(long = "celery.max-tracked-tasks", default_value_t = 20_000)]
+    pub celery_max_tracked_tasks: usize,
+
+    /// Workers silent for this long leave /metrics.
+    #[arg(long = "celery.worker-forget-after", default_value = "10m", value_parser = parse_duration)]
+    pub celery_worker_forget_after: Duration,
+
     /// Check the configuration (flags, query file, web config) and exit.
     #[arg(long = "check-config")]
     pub check_config: bool,
@@ -88,6 +174,46 @@ pub struct Cli {
         default_value = "logfmt"
     )]
     pub log_format: LogFormat,
+}
+
+/// Priority steps, sorted, starting with 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrioritySteps(pub Vec<u8>);
+
+fn parse_steps(text: &str) -> Result<PrioritySteps, String> {
+    let mut steps = text
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<u8>()
+                .map_err(|_| format!("{s:?} is not a priority step (0 to 255)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    steps.sort_unstable();
+    steps.dedup();
+    if steps.first() != Some(&0) {
+        return Err("priority steps must include 0 (the plain queue key)".into());
+    }
+    Ok(PrioritySteps(steps))
+}
+
+/// Reads `\xNN` escapes, so that control characters can be given.
+fn parse_escaped(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("\\x") {
+        out.push_str(&rest[..i]);
+        let hex = rest.get(i + 2..i + 4).ok_or("\\x needs two hex digits")?;
+        let byte =
+            u8::from_str_radix(hex, 16).map_err(|_| format!("\\x{hex} is not a hex byte"))?;
+        out.push(char::from(byte));
+        rest = &rest[i + 4..];
+    }
+    out.push_str(rest);
+    if out.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -194,5 +320,28 @@ mod tests {
             Cli::try_parse_from(["x", "--business.enabled=false", "--log.format=json"]).unwrap();
         assert!(!cli.business_enabled);
         assert_eq!(cli.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn celery_options() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.celery_priority_separator, "\x06\x16");
+        assert_eq!(cli.celery_priority_steps, PrioritySteps(vec![0, 3, 6, 9]));
+        let cli = Cli::try_parse_from([
+            "x",
+            "--celery.priority-steps",
+            "9,0,1",
+            "--celery.priority-separator",
+            ":",
+            "--celery.queues",
+            "a,b",
+        ])
+        .unwrap();
+        assert_eq!(cli.celery_priority_steps, PrioritySteps(vec![0, 1, 9]));
+        assert_eq!(cli.celery_priority_separator, ":");
+        assert_eq!(cli.celery_queues, vec!["a", "b"]);
+        assert!(Cli::try_parse_from(["x", "--celery.priority-steps", "3,6"]).is_err());
+        assert_eq!(parse_escaped("a\\x41b"), Ok("aAb".into()));
+        assert!(parse_escaped("\\xZZ").is_err());
     }
 }

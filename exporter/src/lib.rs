@@ -6,12 +6,16 @@
 
 pub mod app;
 pub mod business;
+pub mod celery_events;
+pub mod celery_queues;
 pub mod cli;
 pub mod exposition;
 pub mod http;
 pub mod logging;
 pub mod postgres;
 pub mod process;
+pub mod redis_conn;
+pub mod redis_server;
 pub mod runner;
 pub mod snapshot;
 pub mod web_config;

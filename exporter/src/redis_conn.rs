@@ -1,0 +1,137 @@
+//! The Redis connection shared by the Redis and Celery queue collectors.
+
+use std::time::Duration;
+
+use redis::aio::{MultiplexedConnection, PubSub};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
+use thiserror::Error;
+use tokio::sync::Mutex;
+
+#[derive(Debug, Error)]
+pub enum RedisUrlError {
+    #[error("the Redis URL is not valid: {0}")]
+    Invalid(String),
+}
+
+/// A parsed broker URL; the password stays inside `client`.
+#[derive(Clone)]
+pub struct RedisTarget {
+    pub client: Client,
+    /// The database number of the URL (`redis://host/3` → 3).
+    pub db: i64,
+    /// `host:port/db`, safe to log.
+    pub description: String,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisTarget({})", self.description)
+    }
+}
+
+impl RedisTarget {
+    /// Parses a `redis://` or `rediss://` URL. Errors never repeat the URL.
+    pub fn from_url(url: &str) -> Result<Self, RedisUrlError> {
+        let info = url
+            .trim()
+            .into_connection_info()
+            .map_err(|e| RedisUrlError::Invalid(e.to_string().replace(url.trim(), "<url>")))?;
+        let db = info.redis_settings().db();
+        let description = format!("{}/{db}", info.addr());
+        let client = Client::open(info).map_err(|e| RedisUrlError::Invalid(e.to_string()))?;
+        Ok(RedisTarget {
+            client,
+            db,
+            description,
+        })
+    }
+
+    pub async fn pubsub(&self, timeout: Duration) -> redis::RedisResult<PubSub> {
+        match tokio::time::timeout(timeout, self.client.get_async_pubsub()).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting timed out after {timeout:?}"),
+            ))),
+        }
+    }
+}
+
+/// One multiplexed connection, opened on first use and opened again after
+/// an error, so that a Redis restart heals by itself.
+pub struct SharedConnection {
+    target: RedisTarget,
+    timeout: Duration,
+    connection: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl SharedConnection {
+    pub fn new(target: RedisTarget, timeout: Duration) -> Self {
+        SharedConnection {
+            target,
+            timeout,
+            connection: Mutex::new(None),
+        }
+    }
+
+    pub async fn get(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let mut slot = self.connection.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let c = self
+            .target
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the connection after an error; the next `get` reconnects.
+    pub async fn reset(&self) {
+        *self.connection.lock().await = None;
+    }
+
+    /// Runs `f` on the connection, dropping the connection if it fails.
+    pub async fn with<T, F, Fut>(&self, f: F) -> redis::RedisResult<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.get().await?;
+        let result = f(conn).await;
+        if let Err(e) = &result {
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.is_unrecoverable_error()
+            {
+                self.reset().await;
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = RedisTarget::from_url("redis://:s3cret@broker:6380/3").unwrap();
+        assert_eq!(t.db, 3);
+        assert_eq!(t.description, "broker:6380/3");
+        assert!(!format!("{t:?}").contains("s3cret"));
+        let t = RedisTarget::from_url("rediss://broker/0").unwrap();
+        assert_eq!(t.db, 0);
+        let e = RedisTarget::from_url("http://u:s3cret@broker/0")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+}
