@@ -74,3 +74,20 @@ ensure_rust() {
     command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
     ensure_commands cc:gcc
 }
+
+# The Python virtual environment with Celery, for the demo worker and the
+# Celery tests: .venv at the top of the repository.
+ensure_celery_venv() {
+    local root=$1 venv=$1/.venv req=$1/scripts/celery/requirements.txt
+    ensure_commands python3:python3
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then install_packages python3-venv; fi
+    if [ -x "$venv/bin/python" ] && cmp -s "$req" "$venv/.requirements" \
+        && "$venv/bin/python" -c 'import celery' >/dev/null 2>&1; then
+        return 0
+    fi
+    say "creating the Celery virtual environment in $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+    cp "$req" "$venv/.requirements"
+}

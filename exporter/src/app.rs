@@ -92,7 +92,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 options,
                 max_connections: cli.postgres_max_connections,
                 statement_timeout: cli.postgres_timeout.max(longest_query),
-                acquire_timeout: cli.postgres_timeout,
+                // Waiting for a pooled connection is part of a collection's
+                // own time limit, so it may wait as long as the longest one.
+                acquire_timeout: cli.postgres_timeout.max(longest_query),
             }
             .pool();
             let slot = CollectorSlot::new("postgres");

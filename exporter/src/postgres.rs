@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::Row;
+use sqlx::{ConnectOptions, Row};
 use thiserror::Error;
 
 use crate::runner::Source;
@@ -62,11 +62,17 @@ impl PostgresConfig {
             .options([(
                 "statement_timeout",
                 self.statement_timeout.as_millis().to_string(),
-            )]);
+            )])
+            // Slow collections show in collector_duration_seconds; sqlx's
+            // own per-statement warnings would repeat the SQL in the logs.
+            .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(1))
+            .log_statements(log::LevelFilter::Trace);
         PgPoolOptions::new()
             .max_connections(self.max_connections)
             .min_connections(0)
             .acquire_timeout(self.acquire_timeout)
+            // Collectors queue for the few connections by design.
+            .acquire_slow_level(log::LevelFilter::Debug)
             .idle_timeout(Some(Duration::from_secs(300)))
             .connect_lazy_with(options)
     }

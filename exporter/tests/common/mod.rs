@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod celery;
+
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
