@@ -9,13 +9,20 @@
 //! Each message carries one event, the worst case for per-message cost
 //! (prefork workers batch up to 24 events per message).
 
+mod common;
+
 use std::process::{Command, Stdio};
+
+use common::{cpu_seconds, free_port, rss_mib, KillOnDrop};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 
 fn fixture(name: &str) -> serde_json::Value {
-    let path = format!("{}/tests/fixtures/celery/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/celery/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -29,7 +36,8 @@ fn envelope(template: &serde_json::Value, event: &serde_json::Value) -> Vec<u8> 
 
 fn body(template: &serde_json::Value) -> serde_json::Value {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let v: serde_json::Value = serde_json::from_slice(&b64.decode(template["body"].as_str().unwrap()).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&b64.decode(template["body"].as_str().unwrap()).unwrap()).unwrap();
     match v {
         serde_json::Value::Array(mut a) => a.remove(0),
         other => other,
@@ -63,61 +71,72 @@ fn messages(tasks: usize) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib / 1024.0
-}
-
 async fn counted(client: &reqwest::Client, base: &str) -> f64 {
-    let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .filter(|l| l.starts_with("celery_event_messages_total{"))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::main]
 async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rates: Vec<u64> = std::env::var("FLOOD_RATES")
         .unwrap_or_else(|_| "10000,50000,100000".into())
         .split(',')
         .map(|r| r.trim().parse().unwrap())
         .collect();
-    let seconds: u64 = std::env::var("FLOOD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let seconds: u64 = std::env::var("FLOOD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
 
     let redis_port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let mut redis_server = Command::new("redis-server")
-        .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    let redis_server = Command::new("redis-server")
+        .args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .arg("--dir")
         .arg(dir.path())
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server is needed");
+    let redis_server = KillOnDrop(redis_server);
     while std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let url = format!("redis://127.0.0.1:{redis_port}/0");
     let port = free_port();
-    let mut exporter = Command::new(env!("CARGO_BIN_EXE_bookedbarber-exporter"))
-        .args(["--web.listen-address", &format!("127.0.0.1:{port}"), "--log.level", "warn"])
+    let exporter = Command::new(env!("CARGO_BIN_EXE_bookedbarber-exporter"))
+        .args([
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+            "--log.level",
+            "warn",
+        ])
         .args(["--redis.interval", "60s", "--celery.interval", "60s"])
         .env("BOOKEDBARBER_REDIS_URL", &url)
         .env_remove("BOOKEDBARBER_POSTGRES_DSN")
         .spawn()
         .unwrap();
     let pid = exporter.id();
+    let exporter = KillOnDrop(exporter);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     loop {
@@ -128,11 +147,18 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let cycle = messages(5_000);
     let message_bytes: usize = cycle.iter().map(|(_, m)| m.len()).sum::<usize>() / cycle.len();
     println!("event flood: one event per message, {message_bytes} bytes per message on average, {seconds} s per rate");
-    println!("  {:>10} {:>12} {:>12} {:>10} {:>12} {:>10}", "target/s", "published/s", "counted", "lost", "CPU cores", "RSS MiB");
+    println!(
+        "  {:>10} {:>12} {:>12} {:>10} {:>12} {:>10}",
+        "target/s", "published/s", "counted", "lost", "CPU cores", "RSS MiB"
+    );
 
     let mut next = 0usize;
     let mut published_total = 0u64;
@@ -177,8 +203,6 @@ async fn main() {
             rss_mib(pid)
         );
     }
-    let _ = exporter.kill();
-    let _ = exporter.wait();
-    let _ = redis_server.kill();
-    let _ = redis_server.wait();
+    drop(exporter);
+    drop(redis_server);
 }

@@ -10,7 +10,11 @@
 //! The database `bbx_bench_<appointments>` is kept between runs so that
 //! re-running skips the seeding; drop it when done.
 
+mod common;
+
 use std::process::{Command, Stdio};
+
+use common::{cpu_seconds, free_port, rss_mib, KillOnDrop};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
@@ -21,26 +25,6 @@ fn env_number(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn proc_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
-}
-
-fn proc_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap();
-    kib / 1024.0
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -114,12 +98,8 @@ async fn main() {
             .unwrap()
             .get(0);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bookedbarber-exporter"))
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_bookedbarber-exporter"))
         .args([
             "--web.listen-address",
             &format!("127.0.0.1:{port}"),
@@ -131,6 +111,7 @@ async fn main() {
         .spawn()
         .unwrap();
     let pid = child.id();
+    let child = KillOnDrop(child);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let ready_started = Instant::now();
@@ -159,7 +140,7 @@ async fn main() {
             .await
             .unwrap();
     }
-    let cpu_before = proc_cpu_seconds(pid);
+    let cpu_before = cpu_seconds(pid);
     let mut latencies = Vec::with_capacity(scrapes);
     let mut body = String::new();
     for _ in 0..scrapes {
@@ -174,13 +155,13 @@ async fn main() {
             .unwrap();
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let cpu_per_scrape_ms = (proc_cpu_seconds(pid) - cpu_before) / scrapes as f64 * 1000.0;
+    let cpu_per_scrape_ms = (cpu_seconds(pid) - cpu_before) / scrapes as f64 * 1000.0;
     latencies.sort_by(f64::total_cmp);
     let series = body
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .count();
-    let rss_after_scrapes = proc_rss_mib(pid);
+    let rss_after_scrapes = rss_mib(pid);
 
     // SQL load: transactions in the bench database over a window; only the
     // exporter uses it, and each of its statements is its own transaction.
@@ -210,11 +191,14 @@ async fn main() {
     // collection (15 s), one per business query at its interval.
     let queries = bookedbarber_exporter::business::QueryFile::builtin();
     let expected: f64 = 4.0 * 60.0 / 15.0
-        + queries.queries.iter().map(|q| 60.0 / q.schedule.interval.as_secs_f64()).sum::<f64>();
-    let rss_steady = proc_rss_mib(pid);
+        + queries
+            .queries
+            .iter()
+            .map(|q| 60.0 / q.schedule.interval.as_secs_f64())
+            .sum::<f64>();
+    let rss_steady = rss_mib(pid);
 
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     println!(
         "scrape benchmark: {appointments} appointments, {payments} payments ({rows} rows) in {db}"
@@ -240,7 +224,13 @@ async fn main() {
     );
     println!("  CPU per scrape                       {cpu_per_scrape_ms:.3} ms");
     println!("  resident memory after scrapes        {rss_after_scrapes:.1} MiB");
-    println!("  resident memory {:>4} s later           {rss_steady:.1} MiB", sql_warmup + sql_window);
+    println!(
+        "  resident memory {:>4} s later           {rss_steady:.1} MiB",
+        sql_warmup + sql_window
+    );
     println!("  SQL transactions per minute          {statements:.0} measured (server side), {expected:.0} statements expected from the default intervals");
-    println!("  SQL statements per collection        4 (postgres), 1 per business query ({} queries)", queries.queries.len());
+    println!(
+        "  SQL statements per collection        4 (postgres), 1 per business query ({} queries)",
+        queries.queries.len()
+    );
 }

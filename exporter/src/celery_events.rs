@@ -23,7 +23,7 @@ use crate::snapshot::{Family, Kind, Sample, Value};
 
 /// Label value standing for everything past a cap.
 pub const OVERFLOW: &str = "__overflow__";
-/// Label value when a task's name or queue is not known.
+/// Label value when a task's name is not known.
 pub const UNKNOWN: &str = "unknown";
 
 /// Bucket bounds for task runtimes and waits: background jobs take from
@@ -273,7 +273,6 @@ impl Histogram {
 #[derive(Debug, Clone)]
 struct TrackedTask {
     name: Arc<str>,
-    queue: Arc<str>,
     sent_at: Option<f64>,
     received_at: Option<f64>,
     started_at: Option<f64>,
@@ -331,7 +330,12 @@ pub struct EventState {
     limits: EventLimits,
     names: Interner,
     queues: Interner,
-    counters: HashMap<(Arc<str>, Arc<str>), [u64; TASK_EVENTS.len()]>,
+    /// Per task name, one count per kind of task event.
+    counters: HashMap<Arc<str>, [u64; TASK_EVENTS.len()]>,
+    /// `task-sent` by name and queue: only that event says which queue, and
+    /// it may arrive after the worker's own events, so the other counters
+    /// carry no queue label rather than one that changes mid-task.
+    sent_by_queue: HashMap<(Arc<str>, Arc<str>), u64>,
     runtime: HashMap<Arc<str>, Histogram>,
     wait: HashMap<Arc<str>, Histogram>,
     tasks: LruCache<Box<str>, TrackedTask>,
@@ -354,6 +358,7 @@ impl EventState {
             queues: Interner::new(limits.max_queues),
             limits,
             counters: HashMap::new(),
+            sent_by_queue: HashMap::new(),
             runtime: HashMap::new(),
             wait: HashMap::new(),
             tasks: LruCache::new(capacity),
@@ -420,13 +425,9 @@ impl EventState {
         let tracked = match uuid {
             Some(uuid) if named => {
                 let name = self.names.get(event.name.as_deref().unwrap_or(UNKNOWN));
-                let queue_from_event = event.queue.as_deref().map(|q| self.queues.get(q));
                 let entry = match self.tasks.get_mut(uuid) {
                     Some(t) => {
                         t.name = name;
-                        if let Some(q) = queue_from_event {
-                            t.queue = q;
-                        }
                         // A retry comes back under the same uuid.
                         t.finished = false;
                         t
@@ -434,7 +435,6 @@ impl EventState {
                     None => {
                         let task = TrackedTask {
                             name,
-                            queue: queue_from_event.unwrap_or_else(|| Arc::from(UNKNOWN)),
                             sent_at: None,
                             received_at: None,
                             started_at: None,
@@ -466,11 +466,11 @@ impl EventState {
             }),
             None => None,
         };
-        let (name, queue) = match &tracked {
-            Some(t) => (t.name.clone(), t.queue.clone()),
+        let name = match &tracked {
+            Some(t) => t.name.clone(),
             None => {
                 self.unknown_task_events += 1;
-                (Arc::from(UNKNOWN), Arc::from(UNKNOWN))
+                Arc::from(UNKNOWN)
             }
         };
         match (kind, &tracked) {
@@ -505,9 +505,11 @@ impl EventState {
                 self.finished.push_back((uuid.into(), now));
             }
         }
-        self.counters
-            .entry((name, queue))
-            .or_insert([0; TASK_EVENTS.len()])[kind.index()] += 1;
+        if kind == TaskEvent::Sent {
+            let queue = self.queues.get(event.queue.as_deref().unwrap_or(UNKNOWN));
+            *self.sent_by_queue.entry((name.clone(), queue)).or_default() += 1;
+        }
+        self.counters.entry(name).or_insert([0; TASK_EVENTS.len()])[kind.index()] += 1;
     }
 
     /// Forgets finished tasks after the grace period, keeping the map small
@@ -581,14 +583,24 @@ impl EventState {
             .retain(|_, w| now.saturating_duration_since(w.last_seen) <= forget);
 
         let mut out = Vec::with_capacity(TASK_EVENTS.len() + 12);
-        let mut keys: Vec<&(Arc<str>, Arc<str>)> = self.counters.keys().collect();
-        keys.sort();
+        let mut sent: Vec<_> = self.sent_by_queue.iter().collect();
+        sent.sort();
+        let mut names: Vec<&Arc<str>> = self.counters.keys().collect();
+        names.sort();
         for (event, metric, help) in TASK_EVENTS {
             let mut family = Family::counter(metric, help);
-            for key in &keys {
-                let n = self.counters[*key][event.index()];
-                if n > 0 || event == TaskEvent::Sent || event == TaskEvent::Received {
-                    family.push([("name", &key.0), ("queue", &key.1)], n as f64);
+            if event == TaskEvent::Sent {
+                for ((name, queue), n) in &sent {
+                    family.push([("name", name), ("queue", queue)], **n as f64);
+                }
+            } else {
+                for name in &names {
+                    let n = self.counters[*name][event.index()];
+                    // Received is listed at 0 too, so rates never start
+                    // from a missing series; rarer outcomes once they occur.
+                    if n > 0 || event == TaskEvent::Received {
+                        family.push([("name", name)], n as f64);
+                    }
                 }
             }
             out.push(family);
@@ -907,8 +919,14 @@ mod tests {
         }
     }
 
-    fn counter(f: &[Family], metric: &str, name: &str, queue: &str) -> f64 {
+    fn counter(f: &[Family], metric: &str, name: &str) -> f64 {
         find(f, metric)
+            .and_then(|f| f.value_of(&[("name", name)]))
+            .unwrap_or(0.0)
+    }
+
+    fn sent(f: &[Family], name: &str, queue: &str) -> f64 {
+        find(f, "celery_task_sent_total")
             .and_then(|f| f.value_of(&[("name", name), ("queue", queue)]))
             .unwrap_or(0.0)
     }
@@ -928,17 +946,13 @@ mod tests {
             now,
         );
         let f = s.families(now);
+        assert_eq!(sent(&f, "tasks.notify", "notifications"), 1.0);
         for metric in [
-            "celery_task_sent_total",
             "celery_task_received_total",
             "celery_task_started_total",
             "celery_task_succeeded_total",
         ] {
-            assert_eq!(
-                counter(&f, metric, "tasks.notify", "notifications"),
-                1.0,
-                "{metric}"
-            );
+            assert_eq!(counter(&f, metric, "tasks.notify"), 1.0, "{metric}");
         }
         let runtime = find(&f, "celery_task_runtime_seconds").unwrap();
         assert!(
@@ -972,14 +986,8 @@ mod tests {
             now,
         );
         let f = s.families(now);
-        assert_eq!(
-            counter(&f, "celery_task_started_total", UNKNOWN, UNKNOWN),
-            1.0
-        );
-        assert_eq!(
-            counter(&f, "celery_task_failed_total", UNKNOWN, UNKNOWN),
-            1.0
-        );
+        assert_eq!(counter(&f, "celery_task_started_total", UNKNOWN), 1.0);
+        assert_eq!(counter(&f, "celery_task_failed_total", UNKNOWN), 1.0);
     }
 
     fn ev(kind: &str, uuid: &str, name: Option<&str>, ts: f64) -> Event {
@@ -1027,21 +1035,12 @@ mod tests {
             );
         }
         let f = s.families(now);
-        assert_eq!(counter(&f, "celery_task_sent_total", "bb.flaky", "q"), 2.0);
+        assert_eq!(sent(&f, "bb.flaky", "q"), 2.0);
+        assert_eq!(counter(&f, "celery_task_retried_total", "bb.flaky"), 1.0);
+        assert_eq!(counter(&f, "celery_task_succeeded_total", "bb.flaky"), 1.0);
+        assert_eq!(counter(&f, "celery_task_failed_total", "bb.rejecter"), 1.0);
         assert_eq!(
-            counter(&f, "celery_task_retried_total", "bb.flaky", "q"),
-            1.0
-        );
-        assert_eq!(
-            counter(&f, "celery_task_succeeded_total", "bb.flaky", "q"),
-            1.0
-        );
-        assert_eq!(
-            counter(&f, "celery_task_failed_total", "bb.rejecter", UNKNOWN),
-            1.0
-        );
-        assert_eq!(
-            counter(&f, "celery_task_rejected_total", "bb.rejecter", UNKNOWN),
+            counter(&f, "celery_task_rejected_total", "bb.rejecter"),
             1.0
         );
     }
@@ -1102,10 +1101,7 @@ mod tests {
         let f = s.families(now);
         let received = find(&f, "celery_task_received_total").unwrap();
         assert_eq!(received.samples.len(), 11, "10 names and the overflow");
-        assert_eq!(
-            received.value_of(&[("name", OVERFLOW), ("queue", UNKNOWN)]),
-            Some(990.0)
-        );
+        assert_eq!(received.value_of(&[("name", OVERFLOW)]), Some(990.0));
         assert_eq!(find(&f, "celery_worker_up").unwrap().samples.len(), 3);
         assert_eq!(
             find(&f, "celery_event_workers_refused_total")

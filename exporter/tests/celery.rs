@@ -22,7 +22,8 @@ fn celery_exporter(redis: &ThrowawayRedis, db: u32, extra: &[&str]) -> Exporter 
 }
 
 fn histogram_count(m: &Metrics, metric: &str, name: &str) -> f64 {
-    m.get(&format!("{metric}_count"), &[("name", name)]).unwrap_or(0.0)
+    m.get(&format!("{metric}_count"), &[("name", name)])
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,32 +31,64 @@ async fn scripted_workload_counters_equal_the_ground_truth() {
     let redis = ThrowawayRedis::start();
     let exporter = celery_exporter(&redis, 0, &[]);
     exporter
-        .wait_for("the event stream", WAIT, |m| m.get("celery_event_stream_up", &[]) == Some(1.0))
+        .wait_for("the event stream", WAIT, |m| {
+            m.get("celery_event_stream_up", &[]) == Some(1.0)
+        })
         .await;
-    let _worker = CeleryWorker::start(&redis.url(0), "bbx1@testhost", "default,notifications,urgent_notifications,marketing");
+    let _worker = CeleryWorker::start(
+        &redis.url(0),
+        "bbx1@testhost",
+        "default,notifications,urgent_notifications,marketing",
+    );
     exporter
-        .wait_for("the worker to be up", WAIT, |m| m.get("celery_worker_up", &[("worker", "bbx1@testhost")]) == Some(1.0))
+        .wait_for("the worker to be up", WAIT, |m| {
+            m.get("celery_worker_up", &[("worker", "bbx1@testhost")]) == Some(1.0)
+        })
         .await;
 
     // A malformed message on the event channel is counted and skipped.
     let mut conn = redis.connection(0).await;
-    let _: i64 = conn.publish("/0.celeryev/task.multi", "not a kombu envelope").await.unwrap();
+    let _: i64 = conn
+        .publish("/0.celeryev/task.multi", "not a kombu envelope")
+        .await
+        .unwrap();
 
     let truth: BTreeMap<String, BTreeMap<String, serde_json::Value>> =
         serde_json::from_str(&workload(&redis.url(0), &[], &["scripted"])).unwrap();
     assert_eq!(truth.len(), 5, "{truth:?}");
-    let events = ["sent", "received", "started", "succeeded", "failed", "retried", "revoked"];
+    let events = [
+        "sent",
+        "received",
+        "started",
+        "succeeded",
+        "failed",
+        "retried",
+        "revoked",
+    ];
+    // task-sent carries the queue; the worker's events only the task.
     let matches = |m: &Metrics| {
         truth.iter().all(|(name, row)| {
             let queue = row["queue"].as_str().unwrap();
             events.iter().all(|e| {
                 let want = row[*e].as_f64().unwrap();
-                let got = m.get(&format!("celery_task_{e}_total"), &[("name", name), ("queue", queue)]).unwrap_or(0.0);
-                got == want
+                let labels: &[(&str, &str)] = if *e == "sent" {
+                    &[("name", name), ("queue", queue)]
+                } else {
+                    &[("name", name)]
+                };
+                m.get(&format!("celery_task_{e}_total"), labels)
+                    .unwrap_or(0.0)
+                    == want
             })
         })
     };
-    let m = exporter.wait_for("counters equal to the workload's ground truth", WAIT, matches).await;
+    let m = exporter
+        .wait_for(
+            "counters equal to the workload's ground truth",
+            WAIT,
+            matches,
+        )
+        .await;
     // Nothing more arrives later (no double counting).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let m2 = exporter.metrics().await;
@@ -67,16 +100,40 @@ async fn scripted_workload_counters_equal_the_ground_truth() {
         let started = row["started"].as_f64().unwrap();
         // Runtime: one observation per success (task-succeeded.runtime) and
         // per failure (task-failed − task-started).
-        assert_eq!(histogram_count(&m, "celery_task_runtime_seconds", name), succeeded + failed, "{name}");
-        assert_eq!(histogram_count(&m, "celery_task_wait_seconds", name), started, "{name}");
+        assert_eq!(
+            histogram_count(&m, "celery_task_runtime_seconds", name),
+            succeeded + failed,
+            "{name}"
+        );
+        assert_eq!(
+            histogram_count(&m, "celery_task_wait_seconds", name),
+            started,
+            "{name}"
+        );
     }
-    assert_eq!(m.get("celery_event_messages_total", &[("result", "malformed")]), Some(1.0));
-    assert_eq!(m.get("celery_event_unknown_task_events_total", &[]), Some(0.0));
-    assert!(m.get("celery_worker_tasks_active", &[("worker", "bbx1@testhost")]).is_some());
+    assert_eq!(
+        m.get("celery_event_messages_total", &[("result", "malformed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get("celery_event_unknown_task_events_total", &[]),
+        Some(0.0)
+    );
+    assert!(m
+        .get("celery_worker_tasks_active", &[("worker", "bbx1@testhost")])
+        .is_some());
     // Every queue the workload used was discovered from kombu's bindings.
     let lengths = m.by_label("celery_queue_length", "queue");
-    for q in ["default", "notifications", "urgent_notifications", "marketing"] {
-        assert!(lengths.contains_key(q), "queue {q} not discovered: {lengths:?}");
+    for q in [
+        "default",
+        "notifications",
+        "urgent_notifications",
+        "marketing",
+    ] {
+        assert!(
+            lengths.contains_key(q),
+            "queue {q} not discovered: {lengths:?}"
+        );
     }
     if let Err(findings) = promtool_check_metrics(&m.text) {
         panic!("promtool check metrics:\n{findings}\n{}", m.text);
@@ -95,15 +152,38 @@ async fn llen_sum(conn: &mut redis::aio::MultiplexedConnection, keys: &[String])
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_length_sums_every_priority_list() {
     let redis = ThrowawayRedis::start();
-    let exporter = celery_exporter(&redis, 0, &["--celery.queues", "notifications,urgent_notifications"]);
+    let exporter = celery_exporter(
+        &redis,
+        0,
+        &["--celery.queues", "notifications,urgent_notifications"],
+    );
     exporter
-        .wait_for("the event stream", WAIT, |m| m.get("celery_event_stream_up", &[]) == Some(1.0))
+        .wait_for("the event stream", WAIT, |m| {
+            m.get("celery_event_stream_up", &[]) == Some(1.0)
+        })
         .await;
     // No worker: the messages stay in the lists.
-    workload(&redis.url(0), &[], &["enqueue", "notifications", "0:4", "2:1", "5:3", "7:2", "9:1"]);
+    workload(
+        &redis.url(0),
+        &[],
+        &[
+            "enqueue",
+            "notifications",
+            "0:4",
+            "2:1",
+            "5:3",
+            "7:2",
+            "9:1",
+        ],
+    );
     workload(&redis.url(0), &[], &["enqueue", "marketing", "0:2", "8:1"]);
     let keys = |q: &str| -> Vec<String> {
-        vec![q.to_owned(), format!("{q}\x06\x163"), format!("{q}\x06\x166"), format!("{q}\x06\x169")]
+        vec![
+            q.to_owned(),
+            format!("{q}\x06\x163"),
+            format!("{q}\x06\x166"),
+            format!("{q}\x06\x169"),
+        ]
     };
     let mut conn = redis.connection(0).await;
     assert_eq!(llen_sum(&mut conn, &keys("notifications")).await, 11);
@@ -116,32 +196,60 @@ async fn queue_length_sums_every_priority_list() {
                 && m.get("celery_queue_length", &[("queue", "marketing")]) == Some(3.0)
         })
         .await;
-    assert_eq!(m.get("celery_queue_length", &[("queue", "urgent_notifications")]), Some(0.0), "configured, never declared");
-    assert_eq!(m.get("celery_queue_unacked", &[("queue", "notifications")]), Some(0.0));
+    assert_eq!(
+        m.get("celery_queue_length", &[("queue", "urgent_notifications")]),
+        Some(0.0),
+        "configured, never declared"
+    );
+    assert_eq!(
+        m.get("celery_queue_unacked", &[("queue", "notifications")]),
+        Some(0.0)
+    );
 
     // The oldest message's age comes from its task-sent event and grows.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let m = exporter
         .wait_for("the head message's age", WAIT, |m| {
-            m.get("celery_queue_oldest_message_age_seconds", &[("queue", "notifications")]).unwrap_or(0.0) >= 2.0
+            m.get(
+                "celery_queue_oldest_message_age_seconds",
+                &[("queue", "notifications")],
+            )
+            .unwrap_or(0.0)
+                >= 2.0
         })
         .await;
-    assert!(m.get("celery_queue_oldest_message_age_seconds", &[("queue", "notifications")]).unwrap() < 60.0);
+    assert!(
+        m.get(
+            "celery_queue_oldest_message_age_seconds",
+            &[("queue", "notifications")]
+        )
+        .unwrap()
+            < 60.0
+    );
 
     // Emptied: 0, not gone.
     for k in keys("notifications") {
         let _: i64 = conn.del(&k).await.unwrap();
     }
     let m = exporter
-        .wait_for("the emptied queue to read 0", WAIT, |m| m.get("celery_queue_length", &[("queue", "notifications")]) == Some(0.0))
+        .wait_for("the emptied queue to read 0", WAIT, |m| {
+            m.get("celery_queue_length", &[("queue", "notifications")]) == Some(0.0)
+        })
         .await;
-    assert_eq!(m.get("celery_queue_oldest_message_age_seconds", &[("queue", "notifications")]), Some(0.0));
+    assert_eq!(
+        m.get(
+            "celery_queue_oldest_message_age_seconds",
+            &[("queue", "notifications")]
+        ),
+        Some(0.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_separator_steps_and_key_prefix() {
     let redis = ThrowawayRedis::start();
-    let options = r#"{"global_keyprefix": "pfx:", "sep": ":", "priority_steps": [0,1,2,3,4,5,6,7,8,9]}"#;
+    let options =
+        r#"{"global_keyprefix": "pfx:", "sep": ":", "priority_steps": [0,1,2,3,4,5,6,7,8,9]}"#;
     let exporter = celery_exporter(
         &redis,
         5,
@@ -154,16 +262,42 @@ async fn custom_separator_steps_and_key_prefix() {
             "0,1,2,3,4,5,6,7,8,9",
         ],
     );
-    workload(&redis.url(5), &[("BBX_TRANSPORT_OPTIONS", options)], &["enqueue", "notifications", "0:1", "1:1", "4:2", "9:3"]);
+    workload(
+        &redis.url(5),
+        &[("BBX_TRANSPORT_OPTIONS", options)],
+        &["enqueue", "notifications", "0:1", "1:1", "4:2", "9:3"],
+    );
     let mut conn = redis.connection(5).await;
-    let keys: Vec<String> = (0..10).map(|s| if s == 0 { "pfx:notifications".to_owned() } else { format!("pfx:notifications:{s}") }).collect();
+    let keys: Vec<String> = (0..10)
+        .map(|s| {
+            if s == 0 {
+                "pfx:notifications".to_owned()
+            } else {
+                format!("pfx:notifications:{s}")
+            }
+        })
+        .collect();
     assert_eq!(llen_sum(&mut conn, &keys).await, 7);
     let m = exporter
-        .wait_for("the prefixed queue", WAIT, |m| m.get("celery_queue_length", &[("queue", "notifications")]) == Some(7.0))
+        .wait_for("the prefixed queue", WAIT, |m| {
+            m.get("celery_queue_length", &[("queue", "notifications")]) == Some(7.0)
+        })
         .await;
-    assert!(m.get("celery_queue_length", &[("queue", "pfx:notifications")]).is_none());
+    assert!(m
+        .get("celery_queue_length", &[("queue", "pfx:notifications")])
+        .is_none());
     // Events of db 5 with the prefix reach the exporter too.
-    assert!(m.get("celery_task_sent_total", &[("name", "maintenance.cleanup_expired_holds"), ("queue", "notifications")]) == Some(7.0), "{}", m.text);
+    assert!(
+        m.get(
+            "celery_task_sent_total",
+            &[
+                ("name", "maintenance.cleanup_expired_holds"),
+                ("queue", "notifications")
+            ]
+        ) == Some(7.0),
+        "{}",
+        m.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,24 +306,35 @@ async fn a_sigkilled_worker_is_down_within_ten_seconds() {
     let exporter = celery_exporter(&redis, 0, &[]);
     let mut worker = CeleryWorker::start(&redis.url(0), "doomed@testhost", "default");
     exporter
-        .wait_for("the worker to be up", WAIT, |m| m.get("celery_worker_up", &[("worker", "doomed@testhost")]) == Some(1.0))
+        .wait_for("the worker to be up", WAIT, |m| {
+            m.get("celery_worker_up", &[("worker", "doomed@testhost")]) == Some(1.0)
+        })
         .await;
     worker.kill_main();
     let killed = std::time::Instant::now();
     exporter
-        .wait_for("the killed worker to be down", Duration::from_secs(10), |m| {
-            m.get("celery_worker_up", &[("worker", "doomed@testhost")]) == Some(0.0)
-        })
+        .wait_for(
+            "the killed worker to be down",
+            Duration::from_secs(10),
+            |m| m.get("celery_worker_up", &[("worker", "doomed@testhost")]) == Some(0.0),
+        )
         .await;
-    eprintln!("worker reported down {:.1}s after SIGKILL", killed.elapsed().as_secs_f64());
+    eprintln!(
+        "worker reported down {:.1}s after SIGKILL",
+        killed.elapsed().as_secs_f64()
+    );
 }
 
 /// A real `task-sent` event (from the fixture) for another uuid and name.
 fn task_sent_payload(uuid: &str, name: &str) -> Vec<u8> {
-    let envelope: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(repo_root().join("exporter/tests/fixtures/celery/event-task-sent.json")).unwrap()).unwrap();
+    let envelope: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join("exporter/tests/fixtures/celery/event-task-sent.json"))
+            .unwrap(),
+    )
+    .unwrap();
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut body: serde_json::Value = serde_json::from_slice(&b64.decode(envelope["body"].as_str().unwrap()).unwrap()).unwrap();
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&b64.decode(envelope["body"].as_str().unwrap()).unwrap()).unwrap();
     body["uuid"] = uuid.into();
     body["name"] = name.into();
     let mut envelope = envelope;
@@ -213,8 +358,20 @@ async fn redis_restart_turns_up_off_and_on_and_events_flow_again() {
             m.get("redis_up", &[]) == Some(0.0) && m.get("celery_event_stream_up", &[]) == Some(0.0)
         })
         .await;
-    assert_eq!(m.get("bookedbarber_exporter_collector_up", &[("collector", "redis")]), Some(0.0));
-    assert_eq!(m.get("bookedbarber_exporter_collector_up", &[("collector", "celery_queues")]), Some(0.0));
+    assert_eq!(
+        m.get(
+            "bookedbarber_exporter_collector_up",
+            &[("collector", "redis")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.get(
+            "bookedbarber_exporter_collector_up",
+            &[("collector", "celery_queues")]
+        ),
+        Some(0.0)
+    );
 
     redis.restart();
     let m = exporter
@@ -226,27 +383,55 @@ async fn redis_restart_turns_up_off_and_on_and_events_flow_again() {
 
     let mut conn = redis.connection(0).await;
     for i in 0..5 {
-        let _: i64 = conn.publish("/0.celeryev/task.sent", task_sent_payload(&format!("after-restart-{i}"), "bb.after")).await.unwrap();
+        let _: i64 = conn
+            .publish(
+                "/0.celeryev/task.sent",
+                task_sent_payload(&format!("after-restart-{i}"), "bb.after"),
+            )
+            .await
+            .unwrap();
     }
     exporter
         .wait_for("events after the restart to be counted", WAIT, |m| {
-            m.get("celery_task_sent_total", &[("name", "bb.after"), ("queue", "notifications")]) == Some(5.0)
+            m.get(
+                "celery_task_sent_total",
+                &[("name", "bb.after"), ("queue", "notifications")],
+            ) == Some(5.0)
         })
         .await;
 }
 
 fn rss_bytes(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     kib * 1024.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_caps_bound_series_and_memory() {
     let redis = ThrowawayRedis::start();
-    let exporter = celery_exporter(&redis, 0, &["--celery.max-task-names", "100", "--celery.max-tracked-tasks", "2000"]);
+    let exporter = celery_exporter(
+        &redis,
+        0,
+        &[
+            "--celery.max-task-names",
+            "100",
+            "--celery.max-tracked-tasks",
+            "2000",
+        ],
+    );
     exporter
-        .wait_for("the event stream", WAIT, |m| m.get("celery_event_stream_up", &[]) == Some(1.0))
+        .wait_for("the event stream", WAIT, |m| {
+            m.get("celery_event_stream_up", &[]) == Some(1.0)
+        })
         .await;
     let mut conn = redis.connection(0).await;
     // Long names: were they kept past the cap, each round would add more
@@ -259,13 +444,18 @@ async fn label_caps_bound_series_and_memory() {
             let mut pipe = redis::pipe();
             for i in 0..1_000 {
                 let n = chunk * 1_000 + i;
-                pipe.publish("/0.celeryev/task.sent", task_sent_payload(&format!("r{round}-u{n}"), &format!("bb.{long}_{round}_{n}")));
+                pipe.publish(
+                    "/0.celeryev/task.sent",
+                    task_sent_payload(&format!("r{round}-u{n}"), &format!("bb.{long}_{round}_{n}")),
+                );
             }
             let _: Vec<i64> = pipe.query_async(&mut conn).await.unwrap();
         }
         let expected = 10_000.0 * (round + 1) as f64;
         let m = exporter
-            .wait_for("all events counted", WAIT, |m| m.get("celery_event_messages_total", &[("result", "decoded")]) == Some(expected))
+            .wait_for("all events counted", WAIT, |m| {
+                m.get("celery_event_messages_total", &[("result", "decoded")]) == Some(expected)
+            })
             .await;
         let sent = m.family("celery_task_sent_total");
         assert_eq!(sent.len(), 101, "100 names and the overflow");
@@ -274,10 +464,17 @@ async fn label_caps_bound_series_and_memory() {
         assert_eq!(m.get("celery_event_tracked_tasks", &[]), Some(2000.0));
         rss.push(rss_bytes(exporter.pid()));
     }
-    let mib: Vec<f64> = rss.iter().map(|b| (b / 1048576.0 * 10.0).round() / 10.0).collect();
+    let mib: Vec<f64> = rss
+        .iter()
+        .map(|b| (b / 1048576.0 * 10.0).round() / 10.0)
+        .collect();
     eprintln!("RSS after each 10,000 distinct names: {mib:?} MiB");
     // Once the caps are full, more distinct names and uuids cost nothing
     // but allocator noise.
     let growth = rss[rounds - 1] - rss[1];
-    assert!(growth < 3.0 * 1048576.0, "RSS grew {:.1} MiB over 30,000 more names: {mib:?}", growth / 1048576.0);
+    assert!(
+        growth < 3.0 * 1048576.0,
+        "RSS grew {:.1} MiB over 30,000 more names: {mib:?}",
+        growth / 1048576.0
+    );
 }

@@ -16,7 +16,11 @@ pub struct ThrowawayRedis {
 
 impl ThrowawayRedis {
     pub fn start() -> ThrowawayRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut redis = ThrowawayRedis {
             port,
             child: None,
@@ -43,7 +47,11 @@ impl ThrowawayRedis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -57,7 +65,11 @@ impl ThrowawayRedis {
     }
 
     pub async fn connection(&self, db: u32) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url(db)).unwrap().get_multiplexed_async_connection().await.unwrap()
+        redis::Client::open(self.url(db))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
     }
 }
 
@@ -73,7 +85,9 @@ pub fn celery_dir() -> PathBuf {
 
 /// The Python of the virtual environment with Celery (made by scripts/test).
 pub fn python() -> PathBuf {
-    let python = std::env::var_os("BBX_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    let python = std::env::var_os("BBX_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
     let ok = Command::new(&python)
         .args(["-c", "import celery"])
         .output()
@@ -97,7 +111,11 @@ pub fn workload(broker: &str, env: &[(&str, &str)], args: &[&str]) -> String {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert!(out.status.success(), "workload.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "workload.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -109,10 +127,26 @@ pub struct CeleryWorker {
 
 impl CeleryWorker {
     pub fn start(broker: &str, node: &str, queues: &str) -> CeleryWorker {
-        let log = std::env::temp_dir().join(format!("bbx-celery-{node}-{}.log", std::process::id()));
+        let log =
+            std::env::temp_dir().join(format!("bbx-celery-{node}-{}.log", std::process::id()));
         let child = Command::new(python())
             .current_dir(celery_dir())
-            .args(["-m", "celery", "-A", "bbtasks", "worker", "-E", "-c", "2", "--loglevel", "INFO", "-n", node, "-Q", queues])
+            .args([
+                "-m",
+                "celery",
+                "-A",
+                "bbtasks",
+                "worker",
+                "-E",
+                "-c",
+                "2",
+                "--loglevel",
+                "INFO",
+                "-n",
+                node,
+                "-Q",
+                queues,
+            ])
             .arg("--logfile")
             .arg(&log)
             .env("BBX_BROKER_URL", broker)
