@@ -13,7 +13,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{cpu_seconds, free_port, rss_mib, KillOnDrop};
+use common::{cpu_seconds, free_port, get_text, rss_mib, KillOnDrop};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -72,14 +72,7 @@ fn messages(tasks: usize) -> Vec<(String, Vec<u8>)> {
 }
 
 async fn counted(client: &reqwest::Client, base: &str) -> f64 {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(client, &format!("{base}/metrics")).await;
     text.lines()
         .filter(|l| l.starts_with("celery_event_messages_total{"))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))

@@ -14,7 +14,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{cpu_seconds, free_port, rss_mib, KillOnDrop};
+use common::{cpu_seconds, free_port, get_text, rss_mib, KillOnDrop};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
@@ -131,28 +131,14 @@ async fn main() {
 
     // Warm-up, then the measured scrapes.
     for _ in 0..10 {
-        client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        get_text(&client, &format!("{base}/metrics")).await;
     }
     let cpu_before = cpu_seconds(pid);
     let mut latencies = Vec::with_capacity(scrapes);
     let mut body = String::new();
     for _ in 0..scrapes {
         let t = Instant::now();
-        body = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        body = get_text(&client, &format!("{base}/metrics")).await;
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let cpu_per_scrape_ms = (cpu_seconds(pid) - cpu_before) / scrapes as f64 * 1000.0;

@@ -43,3 +43,7 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
