@@ -478,3 +478,82 @@ async fn label_caps_bound_series_and_memory() {
         growth / 1048576.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_password_and_disabled_config_like_managed_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let password = "Redis-Secret-7";
+    let (cert, key, ca_path) = (
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+        ca.to_str().unwrap().to_owned(),
+    );
+    let redis = ThrowawayRedis::start_with(&[
+        "--tls-port",
+        "PORT",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca_path,
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        password,
+        "--rename-command",
+        "CONFIG",
+        "",
+    ]);
+    let url = format!("rediss://:{password}@127.0.0.1:{}/0", redis.port);
+    // The exporter trusts our test CA through the usual SSL_CERT_FILE.
+    let exporter = Exporter::start(
+        &["--redis.interval", "1s", "--celery.interval", "1s"],
+        &[
+            ("BOOKEDBARBER_REDIS_URL", &url),
+            ("SSL_CERT_FILE", &ca_path),
+        ],
+    );
+    let m = exporter
+        .wait_for("Redis over TLS with a password", WAIT, |m| {
+            m.get("redis_up", &[]) == Some(1.0)
+                && m.get("celery_event_stream_up", &[]) == Some(1.0)
+                && m.get(
+                    "bookedbarber_exporter_collector_up",
+                    &[("collector", "celery_queues")],
+                ) == Some(1.0)
+        })
+        .await;
+    // CONFIG is disabled, as on managed Redis: the limits come from INFO.
+    assert_eq!(m.get("redis_maxclients", &[]), Some(10000.0));
+    assert!(m.get("redis_memory_max_bytes", &[]).is_some());
+    let logs = exporter.logs();
+    assert!(
+        !logs.contains(password) && !m.text.contains(password),
+        "password leaked:\n{logs}"
+    );
+    assert!(
+        logs.contains(&format!("target=127.0.0.1:{}/0", redis.port)),
+        "{logs}"
+    );
+
+    // A wrong password is an error, not a crash, and is not logged either.
+    let wrong = format!("rediss://:Wrong-Pass-3@127.0.0.1:{}/0", redis.port);
+    let exporter = Exporter::start(
+        &["--redis.interval", "1s"],
+        &[
+            ("BOOKEDBARBER_REDIS_URL", &wrong),
+            ("SSL_CERT_FILE", &ca_path),
+        ],
+    );
+    let m = exporter
+        .wait_for("redis_up 0", WAIT, |m| m.get("redis_up", &[]) == Some(0.0))
+        .await;
+    assert_eq!(m.get("celery_event_stream_up", &[]), Some(0.0));
+    assert!(
+        !exporter.logs().contains("Wrong-Pass-3"),
+        "{}",
+        exporter.logs()
+    );
+}

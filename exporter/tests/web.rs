@@ -9,62 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// A throwaway CA and a server certificate for 127.0.0.1 signed by it;
-/// returns (CA certificate, server certificate, server key).
-fn certificates(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let p = |name: &str| dir.join(name);
-    let openssl = |args: &[&str]| {
-        let status = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl (Debian package openssl) is needed to make test certificates");
-        assert!(status.success(), "openssl {args:?}");
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=localhost",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        "-addext",
-        "basicConstraints=critical,CA:FALSE",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.crt",
-    ]);
-    (p("ca.crt"), p("server.crt"), p("server.key"))
-}
-
 #[tokio::test]
 async fn tls_and_basic_auth_protect_everything_but_healthz() {
     let dir = tempfile::tempdir().unwrap();

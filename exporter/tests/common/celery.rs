@@ -12,19 +12,38 @@ pub struct ThrowawayRedis {
     pub port: u16,
     child: Option<Child>,
     _dir: tempfile::TempDir,
+    /// Arguments beyond port, address and persistence.
+    extra: Vec<String>,
 }
 
 impl ThrowawayRedis {
     pub fn start() -> ThrowawayRedis {
+        Self::start_with(&[])
+    }
+
+    /// `PORT` among `extra` stands for the port; with `--tls-port PORT`
+    /// the port serves TLS only.
+    pub fn start_with(extra: &[&str]) -> ThrowawayRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let extra = extra
+            .iter()
+            .map(|a| {
+                if *a == "PORT" {
+                    port.to_string()
+                } else {
+                    (*a).to_owned()
+                }
+            })
+            .collect();
         let mut redis = ThrowawayRedis {
             port,
             child: None,
             _dir: tempfile::tempdir().unwrap(),
+            extra,
         };
         redis.restart();
         redis
@@ -36,8 +55,15 @@ impl ThrowawayRedis {
 
     /// Starts the server (again) on the same port.
     pub fn restart(&mut self) {
+        let tls = self.extra.iter().any(|a| a == "--tls-port");
+        let plain_port = if tls {
+            "0".to_owned()
+        } else {
+            self.port.to_string()
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &plain_port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self._dir.path())
             .stdout(Stdio::null())

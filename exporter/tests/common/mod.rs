@@ -430,3 +430,59 @@ pub fn fast_builtin_queries(dir: &Path) -> PathBuf {
     std::fs::write(&path, fast).unwrap();
     path
 }
+
+/// A throwaway CA and a server certificate for 127.0.0.1 signed by it;
+/// returns (CA certificate, server certificate, server key).
+pub fn certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (Debian package openssl) is needed to make test certificates");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.crt",
+    ]);
+    (p("ca.crt"), p("server.crt"), p("server.key"))
+}
