@@ -69,7 +69,7 @@ BEGIN
            'pi_demo_' || a.id, round((a.price * 0.1)::numeric, 2), round((a.price * 0.9)::numeric, 2), 0.1,
            CASE p.status WHEN 'refunded' THEN a.price WHEN 'partially_refunded' THEN round((a.price / 2)::numeric, 2) ELSE 0 END,
            CASE WHEN p.status IN ('refunded', 'partially_refunded') THEN a.start_time + interval '1 day' END,
-           a.created_at, greatest(a.created_at, least(a.start_time, demo_now()))
+           a.created_at, CASE WHEN a.start_time < demo_now() THEN a.start_time ELSE a.created_at END
     FROM (SELECT id, user_id, barber_id, organization_id, price, created_at, start_time
           FROM appointments ORDER BY id DESC LIMIT n_payments) a
     CROSS JOIN LATERAL (SELECT demo_pick(ARRAY['completed','pending','failed','refunded','partially_refunded','disputed'],
