@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use sqlx::postgres::PgConnectOptions;
 use tracing::{info, warn};
 
 use crate::business::{BusinessQuerySource, QueryFile};
@@ -84,98 +85,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     let mut slots = Vec::new();
+    let mut live: Vec<Arc<dyn LiveFamilies>> = Vec::new();
     match postgres_options {
-        Some(options) => {
-            let target = PostgresConfig::describe(&options);
-            let longest_query = queries.as_ref().map(QueryFile::longest_timeout).unwrap_or_default();
-            let pool = PostgresConfig {
-                options,
-                max_connections: cli.postgres_max_connections,
-                statement_timeout: cli.postgres_timeout.max(longest_query),
-                // Waiting for a pooled connection is part of a collection's
-                // own time limit, so it may wait as long as the longest one.
-                acquire_timeout: cli.postgres_timeout.max(longest_query),
-            }
-            .pool();
-            let slot = CollectorSlot::new("postgres");
-            runner::spawn(
-                PostgresSource::new(pool.clone()),
-                slot.clone(),
-                Schedule {
-                    interval: cli.postgres_interval,
-                    timeout: cli.postgres_timeout,
-                },
-            );
-            slots.push(slot);
-            info!(%target, interval = ?cli.postgres_interval, "PostgreSQL collector enabled");
-            if let Some(file) = queries {
-                info!(%target, queries = file.queries.len(), "business collectors enabled");
-                for query in file.queries {
-                    let slot = CollectorSlot::new(format!("business_{}", query.name));
-                    let schedule = query.schedule;
-                    runner::spawn(BusinessQuerySource::new(query, pool.clone()), slot.clone(), schedule);
-                    slots.push(slot);
-                }
-            }
-        }
+        Some(options) => start_postgres(&cli, options, queries, &mut slots),
         None => warn!("{POSTGRES_DSN_ENV} and --postgres.dsn-file are unset: PostgreSQL and business collectors are disabled"),
     }
-
-    let mut live: Vec<Arc<dyn LiveFamilies>> = Vec::new();
     match redis_target {
-        Some(target) => {
-            let connection = Arc::new(SharedConnection::new(target.clone(), cli.redis_timeout));
-            let slot = CollectorSlot::new("redis");
-            runner::spawn(
-                RedisServerSource::new(connection.clone()),
-                slot.clone(),
-                Schedule {
-                    interval: cli.redis_interval,
-                    timeout: cli.redis_timeout,
-                },
-            );
-            slots.push(slot);
-            info!(target = %target.description, interval = ?cli.redis_interval, "Redis collector enabled");
-
-            let hub = cli.celery_events_enabled.then(|| {
-                EventHub::new(EventLimits {
-                    max_task_names: cli.celery_max_task_names,
-                    max_queues: cli.celery_max_queues,
-                    max_workers: cli.celery_max_workers,
-                    max_tracked_tasks: cli.celery_max_tracked_tasks,
-                    forget_workers_after: cli.celery_worker_forget_after,
-                    ..EventLimits::default()
-                })
-            });
-            if let Some(hub) = &hub {
-                let dbs = if cli.celery_event_dbs.is_empty() { vec![target.db] } else { cli.celery_event_dbs.clone() };
-                let patterns = celery_events::channel_patterns(&cli.celery_key_prefix, &dbs);
-                tokio::spawn(celery_events::consume(target.clone(), patterns, hub.clone(), cli.redis_timeout));
-                live.push(hub.clone());
-            }
-            let queues = QueueConfig {
-                key_prefix: cli.celery_key_prefix.clone(),
-                separator: cli.celery_priority_separator.clone(),
-                priority_steps: cli.celery_priority_steps.0.clone(),
-                queues: cli.celery_queues.iter().map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()).collect(),
-                discover: cli.celery_discover_queues,
-                max_queues: cli.celery_max_queues,
-                event_exchange: cli.celery_event_exchange.clone(),
-                control_exchange: cli.celery_control_exchange.clone(),
-                ..QueueConfig::default()
-            };
-            let slot = CollectorSlot::new("celery_queues");
-            runner::spawn(
-                CeleryQueueSource::new(queues, connection, hub),
-                slot.clone(),
-                Schedule {
-                    interval: cli.celery_interval,
-                    timeout: cli.celery_timeout,
-                },
-            );
-            slots.push(slot);
-            info!(target = %target.description, events = cli.celery_events_enabled, "Celery collectors enabled");
-        }
+        Some(target) => start_redis_and_celery(&cli, target, &mut slots, &mut live),
         None => warn!("{REDIS_URL_ENV} and --redis.url-file are unset: Redis and Celery collectors are disabled"),
     }
 
@@ -193,4 +109,119 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         basic_auth,
     });
     http::serve(cli.listen_address, http::router(state), tls.as_ref()).await
+}
+
+fn start_postgres(
+    cli: &Cli,
+    options: PgConnectOptions,
+    queries: Option<QueryFile>,
+    slots: &mut Vec<Arc<CollectorSlot>>,
+) {
+    let target = PostgresConfig::describe(&options);
+    let longest_query = queries
+        .as_ref()
+        .map(QueryFile::longest_timeout)
+        .unwrap_or_default();
+    let pool = PostgresConfig {
+        options,
+        max_connections: cli.postgres_max_connections,
+        statement_timeout: cli.postgres_timeout.max(longest_query),
+        // Waiting for a pooled connection is part of a collection's own
+        // time limit, so it may wait as long as the longest one.
+        acquire_timeout: cli.postgres_timeout.max(longest_query),
+    }
+    .pool();
+    let schedule = Schedule {
+        interval: cli.postgres_interval,
+        timeout: cli.postgres_timeout,
+    };
+    slots.push(runner::start(
+        "postgres",
+        PostgresSource::new(pool.clone()),
+        schedule,
+    ));
+    info!(%target, interval = ?cli.postgres_interval, "PostgreSQL collector enabled");
+    if let Some(file) = queries {
+        info!(%target, queries = file.queries.len(), "business collectors enabled");
+        for query in file.queries {
+            let name = format!("business_{}", query.name);
+            let schedule = query.schedule;
+            slots.push(runner::start(
+                name,
+                BusinessQuerySource::new(query, pool.clone()),
+                schedule,
+            ));
+        }
+    }
+}
+
+fn start_redis_and_celery(
+    cli: &Cli,
+    target: RedisTarget,
+    slots: &mut Vec<Arc<CollectorSlot>>,
+    live: &mut Vec<Arc<dyn LiveFamilies>>,
+) {
+    let connection = Arc::new(SharedConnection::new(target.clone(), cli.redis_timeout));
+    let schedule = Schedule {
+        interval: cli.redis_interval,
+        timeout: cli.redis_timeout,
+    };
+    slots.push(runner::start(
+        "redis",
+        RedisServerSource::new(connection.clone()),
+        schedule,
+    ));
+    info!(target = %target.description, interval = ?cli.redis_interval, "Redis collector enabled");
+
+    let hub = cli.celery_events_enabled.then(|| {
+        EventHub::new(EventLimits {
+            max_task_names: cli.celery_max_task_names,
+            max_queues: cli.celery_max_queues,
+            max_workers: cli.celery_max_workers,
+            max_tracked_tasks: cli.celery_max_tracked_tasks,
+            forget_workers_after: cli.celery_worker_forget_after,
+            ..EventLimits::default()
+        })
+    });
+    if let Some(hub) = &hub {
+        let dbs = if cli.celery_event_dbs.is_empty() {
+            vec![target.db]
+        } else {
+            cli.celery_event_dbs.clone()
+        };
+        let patterns = celery_events::channel_patterns(&cli.celery_key_prefix, &dbs);
+        tokio::spawn(celery_events::consume(
+            target.clone(),
+            patterns,
+            hub.clone(),
+            cli.redis_timeout,
+        ));
+        live.push(hub.clone());
+    }
+    let queues = QueueConfig {
+        key_prefix: cli.celery_key_prefix.clone(),
+        separator: cli.celery_priority_separator.clone(),
+        priority_steps: cli.celery_priority_steps.0.clone(),
+        queues: cli
+            .celery_queues
+            .iter()
+            .map(|q| q.trim().to_owned())
+            .filter(|q| !q.is_empty())
+            .collect(),
+        discover: cli.celery_discover_queues,
+        max_queues: cli.celery_max_queues,
+        event_exchange: cli.celery_event_exchange.clone(),
+        control_exchange: cli.celery_control_exchange.clone(),
+        ..QueueConfig::default()
+    };
+    let schedule = Schedule {
+        interval: cli.celery_interval,
+        timeout: cli.celery_timeout,
+    };
+    slots.push(runner::start(
+        "celery_queues",
+        CeleryQueueSource::new(queues, connection, hub),
+        schedule,
+    ));
+    info!(target = %target.description, events = cli.celery_events_enabled, "Celery collectors enabled");
 }

@@ -92,9 +92,16 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Starts the collection loop of `source` in the background.
-pub fn spawn<S: Source>(source: S, slot: Arc<CollectorSlot>, schedule: Schedule) {
-    tokio::spawn(run(source, slot, schedule));
+/// Starts collecting `source` in the background; returns the slot where its
+/// results appear.
+pub fn start<S: Source>(
+    name: impl Into<String>,
+    source: S,
+    schedule: Schedule,
+) -> Arc<CollectorSlot> {
+    let slot = CollectorSlot::new(name);
+    tokio::spawn(run(source, slot.clone(), schedule));
+    slot
 }
 
 async fn run<S: Source>(source: S, slot: Arc<CollectorSlot>, schedule: Schedule) {
