@@ -45,9 +45,15 @@ def scripted():
     # Revoked before the worker sees them, and one already expired: the
     # worker drops them without task-received.
     revoked_ids = [str(uuid.uuid4()) for _ in range(2)]
-    for tid in revoked_ids:
-        app.control.revoke(tid)
-    time.sleep(1.5)
+    # A broadcast reaches only workers already listening: repeat it until
+    # the worker confirms it holds both revocations.
+    for _ in range(30):
+        app.control.revoke(revoked_ids)
+        replies = app.control.inspect(timeout=1.0).revoked() or {}
+        if any(set(revoked_ids) <= set(ids) for ids in replies.values()):
+            break
+    else:
+        sys.exit("no worker confirmed the revocations")
     for tid in revoked_ids:
         send_campaign_email.apply_async((1,), task_id=tid)
     send_campaign_email.apply_async((2,), expires=datetime.now(timezone.utc) - timedelta(seconds=5))
