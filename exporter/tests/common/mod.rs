@@ -446,43 +446,40 @@ pub fn certificates(
             .expect("openssl (Debian package openssl) is needed to make test certificates");
         assert!(status.success(), "openssl {args:?}");
     };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=localhost",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        "-addext",
-        "basicConstraints=critical,CA:FALSE",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.crt",
-    ]);
+    // A new 2048-bit key and a certificate valid for a day.
+    let new_cert = [
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+    ];
+    openssl(
+        &[
+            &new_cert[..],
+            &[
+                "-subj",
+                "/CN=test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &new_cert[..],
+            &[
+                "-subj",
+                "/CN=localhost",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+            ],
+            &["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+            &["-addext", "basicConstraints=critical,CA:FALSE"],
+            &["-keyout", "server.key", "-out", "server.crt"],
+        ]
+        .concat(),
+    );
     (p("ca.crt"), p("server.crt"), p("server.key"))
 }
