@@ -138,6 +138,24 @@ async fn scripted_workload_counters_equal_the_ground_truth() {
     if let Err(findings) = promtool_check_metrics(&m.text) {
         panic!("promtool check metrics:\n{findings}\n{}", m.text);
     }
+
+    // Tasks with an ETA wait in the worker, fetched but unacknowledged.
+    workload(&redis.url(0), &[], &["eta", "notifications", "3", "120"]);
+    let m = exporter
+        .wait_for("ETA tasks to show as unacked", WAIT, |m| {
+            m.get("celery_queue_unacked", &[("queue", "notifications")]) == Some(3.0)
+        })
+        .await;
+    let in_hash: u64 = conn.hlen("unacked").await.unwrap();
+    assert_eq!(in_hash, 3, "the unacked hash itself");
+    assert_eq!(
+        m.get("celery_queue_unacked", &[("queue", "default")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.get("celery_queue_length", &[("queue", "notifications")]),
+        Some(0.0)
+    );
 }
 
 async fn llen_sum(conn: &mut redis::aio::MultiplexedConnection, keys: &[String]) -> u64 {

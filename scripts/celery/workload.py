@@ -2,6 +2,7 @@
 
   python workload.py scripted        # the event test's workload; prints its ground truth as JSON
   python workload.py enqueue QUEUE PRIORITY:COUNT ...   # no worker needed; prints nothing
+  python workload.py eta QUEUE COUNT SECONDS             # tasks a worker holds (unacked) until their ETA
   python workload.py demo            # endless BookedBarber-like traffic
 """
 import json
@@ -69,6 +70,11 @@ def enqueue(queue, specs):
             cleanup_expired_holds.apply_async((0.01,), queue=queue, priority=priority)
 
 
+def eta(queue, count, seconds):
+    for i in range(count):
+        cleanup_expired_holds.apply_async((0.01,), queue=queue, countdown=seconds)
+
+
 def demo():
     i = 0
     while True:
@@ -93,6 +99,8 @@ if __name__ == "__main__":
         scripted()
     elif command == "enqueue":
         enqueue(sys.argv[2], sys.argv[3:])
+    elif command == "eta":
+        eta(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     elif command == "demo":
         demo()
     else:
