@@ -137,30 +137,9 @@ fn same(a: &Truth, b: &Truth) -> bool {
         && close(a.payouts_pending_usd, b.payouts_pending_usd)
 }
 
-/// A role with only what the docs ask for: pg_monitor and SELECT on the
-/// business tables.
-async fn create_monitoring_role(db: &TestDb) -> String {
-    let role = unique_name("role");
-    db.exec(&format!(
-        "CREATE ROLE {role} LOGIN PASSWORD 'not-used-with-trust';
-         GRANT pg_monitor TO {role};
-         GRANT CONNECT ON DATABASE \"{db}\" TO {role};
-         GRANT USAGE ON SCHEMA public TO {role};
-         GRANT SELECT ON users, appointments, payments, payouts TO {role};",
-        db = db.name
-    ))
-    .await;
-    role
-}
-
-async fn drop_role(db: &TestDb, role: &str) {
-    db.exec(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
-        .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn business_metrics_equal_the_truth_and_follow_changes() {
-    let db = TestDb::create("business").await;
+    let mut db = TestDb::create("business").await;
     db.exec("SELECT demo_seed(400, 4000, 3000)").await;
     // Test rows that would change every figure if they were counted.
     db.exec(
@@ -171,7 +150,7 @@ async fn business_metrics_equal_the_truth_and_follow_changes() {
            SELECT id, 1000, 'completed', 100 FROM appointments WHERE is_test_data;",
     )
     .await;
-    let role = create_monitoring_role(&db).await;
+    let role = db.monitoring_role().await;
     let password = "Sup3r-S3cret-pw";
     let dsn = format!("postgres://{role}:{password}@127.0.0.1:5432/{}", db.name);
     let dir = tempfile::tempdir().unwrap();
@@ -258,8 +237,6 @@ async fn business_metrics_equal_the_truth_and_follow_changes() {
     assert!(exporter
         .logs()
         .contains(&format!("target=127.0.0.1:5432/{}", db.name)));
-    drop(exporter);
-    drop_role(&db, &role).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,6 +61,8 @@ pub async fn admin_pool() -> PgPool {
 pub struct TestDb {
     pub name: String,
     pub pool: PgPool,
+    /// Roles made for this database, dropped with it.
+    roles: Vec<String>,
 }
 
 impl TestDb {
@@ -90,7 +92,29 @@ impl TestDb {
                 .await
                 .expect(file);
         }
-        TestDb { name, pool }
+        TestDb {
+            name,
+            pool,
+            roles: Vec::new(),
+        }
+    }
+
+    /// A login role with only what the docs ask for: pg_monitor and SELECT
+    /// on the business tables. Dropped with the database, even if the test
+    /// fails.
+    pub async fn monitoring_role(&mut self) -> String {
+        let role = unique_name("role");
+        self.roles.push(role.clone());
+        self.exec(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'not-used-with-trust';
+             GRANT pg_monitor TO {role};
+             GRANT CONNECT ON DATABASE \"{db}\" TO {role};
+             GRANT USAGE ON SCHEMA public TO {role};
+             GRANT SELECT ON users, appointments, payments, payouts TO {role};",
+            db = self.name
+        ))
+        .await;
+        role
     }
 
     pub async fn exec(&self, sql: &str) {
@@ -104,6 +128,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let roles = std::mem::take(&mut self.roles);
         // Drop runs outside async context; a small runtime of its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -120,6 +145,14 @@ impl Drop for TestDb {
                     )))
                     .execute(&admin)
                     .await;
+                    // The database held the roles' grants; now they can go.
+                    for role in roles {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "DROP ROLE IF EXISTS {role}"
+                        )))
+                        .execute(&admin)
+                        .await;
+                    }
                 }
             });
         })
