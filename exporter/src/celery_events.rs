@@ -18,7 +18,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::exposition::LiveFamilies;
-use crate::redis_conn::RedisTarget;
+use crate::redis_conn::{escape_glob, RedisTarget};
 use crate::snapshot::{Family, Kind, Sample, Value};
 
 /// Label value standing for everything past a cap.
@@ -745,13 +745,7 @@ impl LiveFamilies for EventHub {
 /// The PSUBSCRIBE patterns for the event channels of `dbs`: both
 /// `/{db}.celeryev/<kind>` and, with fanout_patterns off, `/{db}.celeryev`.
 pub fn channel_patterns(key_prefix: &str, dbs: &[i64]) -> Vec<String> {
-    let escaped: String = key_prefix
-        .chars()
-        .flat_map(|c| match c {
-            '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
-            c => vec![c],
-        })
-        .collect();
+    let escaped = escape_glob(key_prefix);
     dbs.iter()
         .map(|db| format!("{escaped}/{db}.celeryev*"))
         .collect()

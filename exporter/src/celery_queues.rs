@@ -11,7 +11,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::celery_events::{EventHub, OVERFLOW};
-use crate::redis_conn::SharedConnection;
+use crate::redis_conn::{escape_glob, SharedConnection};
 use crate::runner::{unix_now, Source};
 use crate::snapshot::Family;
 
@@ -386,18 +386,6 @@ impl Source for CeleryQueueSource {
     }
 }
 
-/// Escapes Redis glob characters so a key prefix matches literally.
-pub fn escape_glob(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,10 +516,5 @@ mod tests {
             (id == "c").then_some(940.0)
         });
         assert_eq!(age(&f, "notifications"), Some(100.0));
-    }
-
-    #[test]
-    fn glob_escaping() {
-        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 }

@@ -50,11 +50,6 @@ impl Exposition {
         }
     }
 
-    /// True once every collector has finished its first collection.
-    pub fn ready(&self) -> bool {
-        self.slots.iter().all(|s| s.state().has_run)
-    }
-
     /// Collectors that have not finished a first collection yet.
     pub fn pending(&self) -> Vec<String> {
         self.slots
@@ -62,12 +57,6 @@ impl Exposition {
             .filter(|s| !s.state().has_run)
             .map(|s| s.name.clone())
             .collect()
-    }
-
-    pub fn into_registry(self) -> Registry {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(self));
-        registry
     }
 
     fn self_metrics(&self) -> [Family; 4] {
