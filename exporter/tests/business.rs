@@ -304,14 +304,7 @@ labels = ["status"]
                 "business_slow",
             ]
             .iter()
-            .all(|c| {
-                m.get(
-                    "bookedbarber_exporter_collector_errors_total",
-                    &[("collector", c)],
-                )
-                .unwrap_or(0.0)
-                    >= 1.0
-            })
+            .all(|c| m.collector_errors(c).unwrap_or(0.0) >= 1.0)
         })
         .await;
     for c in [
@@ -319,19 +312,9 @@ labels = ["status"]
         "business_missing_column",
         "business_slow",
     ] {
-        assert_eq!(
-            m.get("bookedbarber_exporter_collector_up", &[("collector", c)]),
-            Some(0.0),
-            "{c}"
-        );
+        assert_eq!(m.collector_up(c), Some(0.0), "{c}");
     }
-    assert_eq!(
-        m.get(
-            "bookedbarber_exporter_collector_up",
-            &[("collector", "business_working")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(m.collector_up("business_working"), Some(1.0));
     assert_eq!(m.get("pg_up", &[]), Some(1.0));
     assert!(m.get("shop_missing", &[]).is_none());
     let total: f64 = m.by_label("shop_appointments", "status").values().sum();

@@ -376,20 +376,8 @@ async fn redis_restart_turns_up_off_and_on_and_events_flow_again() {
             m.get("redis_up", &[]) == Some(0.0) && m.get("celery_event_stream_up", &[]) == Some(0.0)
         })
         .await;
-    assert_eq!(
-        m.get(
-            "bookedbarber_exporter_collector_up",
-            &[("collector", "redis")]
-        ),
-        Some(0.0)
-    );
-    assert_eq!(
-        m.get(
-            "bookedbarber_exporter_collector_up",
-            &[("collector", "celery_queues")]
-        ),
-        Some(0.0)
-    );
+    assert_eq!(m.collector_up("redis"), Some(0.0));
+    assert_eq!(m.collector_up("celery_queues"), Some(0.0));
 
     redis.restart();
     let m = exporter
@@ -537,10 +525,7 @@ async fn tls_password_and_disabled_config_like_managed_redis() {
         .wait_for("Redis over TLS with a password", WAIT, |m| {
             m.get("redis_up", &[]) == Some(1.0)
                 && m.get("celery_event_stream_up", &[]) == Some(1.0)
-                && m.get(
-                    "bookedbarber_exporter_collector_up",
-                    &[("collector", "celery_queues")],
-                ) == Some(1.0)
+                && m.collector_up("celery_queues") == Some(1.0)
         })
         .await;
     // CONFIG is disabled, as on managed Redis: the limits come from INFO.

@@ -176,21 +176,8 @@ async fn pg_up_follows_the_server_and_metrics_keep_serving() {
             m.get("pg_up", &[]) == Some(0.0)
         })
         .await;
-    assert_eq!(
-        m.get(
-            "bookedbarber_exporter_collector_up",
-            &[("collector", "postgres")]
-        ),
-        Some(0.0)
-    );
-    assert!(
-        m.get(
-            "bookedbarber_exporter_collector_errors_total",
-            &[("collector", "postgres")]
-        )
-        .unwrap()
-            >= 1.0
-    );
+    assert_eq!(m.collector_up("postgres"), Some(0.0));
+    assert!(m.collector_errors("postgres").unwrap() >= 1.0);
     // The rest of /metrics still serves: self-metrics, process metrics.
     assert!(m.get("process_resident_memory_bytes", &[]).is_some());
     assert!(
@@ -198,13 +185,7 @@ async fn pg_up_follows_the_server_and_metrics_keep_serving() {
         "stale PostgreSQL series are not served while it is down"
     );
     // The business queries fail too, each reported on its own.
-    assert_eq!(
-        m.get(
-            "bookedbarber_exporter_collector_up",
-            &[("collector", "business_appointments_by_status")]
-        ),
-        Some(0.0)
-    );
+    assert_eq!(m.collector_up("business_appointments_by_status"), Some(0.0));
 
     cluster.start();
     let m = exporter
@@ -212,13 +193,7 @@ async fn pg_up_follows_the_server_and_metrics_keep_serving() {
             m.get("pg_up", &[]) == Some(1.0)
         })
         .await;
-    assert_eq!(
-        m.get(
-            "bookedbarber_exporter_collector_up",
-            &[("collector", "postgres")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(m.collector_up("postgres"), Some(1.0));
     assert!(!m.family("pg_database_size_bytes").is_empty());
     let logs = exporter.logs();
     assert!(

@@ -367,6 +367,22 @@ impl Metrics {
         self.series.get(&(name.to_owned(), l)).copied()
     }
 
+    /// `bookedbarber_exporter_collector_up` of one collector.
+    pub fn collector_up(&self, collector: &str) -> Option<f64> {
+        self.get(
+            "bookedbarber_exporter_collector_up",
+            &[("collector", collector)],
+        )
+    }
+
+    /// `bookedbarber_exporter_collector_errors_total` of one collector.
+    pub fn collector_errors(&self, collector: &str) -> Option<f64> {
+        self.get(
+            "bookedbarber_exporter_collector_errors_total",
+            &[("collector", collector)],
+        )
+    }
+
     /// Every series of a family, as label set to value.
     pub fn family(&self, name: &str) -> BTreeMap<Vec<(String, String)>, f64> {
         self.series
