@@ -75,19 +75,33 @@ ensure_rust() {
     ensure_commands cc:gcc
 }
 
-# The Python virtual environment with Celery, for the demo worker and the
-# Celery tests: .venv at the top of the repository.
-ensure_celery_venv() {
-    local root=$1 venv=$1/.venv req=$1/scripts/celery/requirements.txt
+# The Python virtual environment at the top of the repository (.venv): Celery
+# for the demo worker and the Celery tests, and the bundle tests' tools
+# (tests/requirements.txt). Rebuilt when either requirements file changes.
+ensure_venv() {
+    local root=$1 venv=$1/.venv
+    local reqs=("$root/scripts/celery/requirements.txt" "$root/tests/requirements.txt")
     ensure_commands python3:python3
     if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then install_packages python3-venv; fi
-    if [ -x "$venv/bin/python" ] && cmp -s "$req" "$venv/.requirements" \
-        && "$venv/bin/python" -c 'import celery' >/dev/null 2>&1; then
+    if [ -x "$venv/bin/python" ] && cat "${reqs[@]}" | cmp -s - "$venv/.requirements" \
+        && "$venv/bin/python" -c 'import celery, pytest' >/dev/null 2>&1; then
         return 0
     fi
-    say "creating the Celery virtual environment in $venv"
+    say "creating the Python virtual environment in $venv (Celery, test tools)"
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
-    cp "$req" "$venv/.requirements"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "${reqs[0]}" -r "${reqs[1]}"
+    cat "${reqs[@]}" >"$venv/.requirements"
+}
+
+# kubectl with its built-in kustomize, for rendering the manifests. Debian has
+# no package; fetched from dl.k8s.io when missing.
+ensure_kubectl() {
+    command -v kubectl >/dev/null 2>&1 && return 0
+    local version=v1.32.4 arch
+    arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
+    say "installing kubectl $version"
+    curl -fsSLo /tmp/kubectl "https://dl.k8s.io/release/$version/bin/linux/$arch/kubectl" \
+        || die "cannot download kubectl: install it by hand (https://kubernetes.io/docs/tasks/tools/)"
+    as_root install -m 0755 /tmp/kubectl /usr/local/bin/kubectl
 }

@@ -1,0 +1,188 @@
+"""Real processes the bundle tests start on loopback: throwaway Redis servers,
+demo databases on the local PostgreSQL, Celery workers, the exporter."""
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from support.tools import ROOT, free_port, require, run
+
+POSTGRES_HOST = os.environ.get("PGHOST", "127.0.0.1")
+POSTGRES_PORT = os.environ.get("PGPORT", "5432")
+
+
+class Process:
+    """A child process whose output goes to a log file; stopped (SIGTERM, then
+    SIGKILL) by stop(). Its log is shown when waiting on it fails."""
+
+    def __init__(self, name, argv, log_dir: Path, env=None, cwd=None):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.log_path = Path(log_dir) / f"{name}.log"
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.proc = None
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        # A process group of its own, so that stop() also reaches children
+        # (Celery's prefork pool).
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                     env=self.env, cwd=self.cwd, start_new_session=True)
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self, tail=60) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-tail:])
+
+    def fail(self, why):
+        pytest.fail(f"{self.name}: {why}\n--- last lines of {self.log_path}\n{self.log()}", pytrace=False)
+
+    def wait_http(self, url, timeout=60.0, ok=(200,)):
+        """Waits until GET url answers one of `ok`; fails if the process exits."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if not self.alive():
+                self.fail(f"exited with status {self.proc.returncode} while waiting for {url}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status in ok:
+                        return
+                    last = r.status
+            except urllib.error.HTTPError as e:
+                if e.code in ok:
+                    return
+                last = e.code
+            except OSError as e:
+                last = e
+            time.sleep(0.2)
+        self.fail(f"{url} not ready after {timeout}s (last: {last})")
+
+    def stop(self, timeout=10.0):
+        if not self.alive():
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+class ThrowawayRedis:
+    """A redis-server of our own on a free loopback port, so a test may stop
+    it or fill it without touching anyone's data."""
+
+    def __init__(self, workdir: Path, extra=()):
+        self.port = free_port()
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.extra = list(extra)
+        self.process = None
+
+    def url(self, db=0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self):
+        self.process = Process(
+            f"redis-{self.port}",
+            [require("redis-server"), "--port", self.port, "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir, *self.extra],
+            self.dir,
+        ).start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if run([require("redis-cli"), "-p", self.port, "ping"], check=False).stdout.strip() == "PONG":
+                return self
+            if not self.process.alive():
+                break
+            time.sleep(0.1)
+        self.process.fail("did not answer PING")
+
+    def stop(self):
+        if self.process:
+            self.process.stop()
+
+
+def psql(db, sql, check=True):
+    """Runs SQL as postgres on the local server; returns the unaligned output."""
+    return run([require("psql"), "-h", POSTGRES_HOST, "-p", POSTGRES_PORT, "-U", "postgres",
+                "-d", db, "-v", "ON_ERROR_STOP=1", "-qAtX", "-c", sql], check=check).stdout.strip()
+
+
+def require_postgres():
+    proc = run([require("psql"), "-h", POSTGRES_HOST, "-p", POSTGRES_PORT, "-U", "postgres",
+                "-d", "postgres", "-qAtX", "-c", "SELECT 1"], check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_HOST}:{POSTGRES_PORT} as postgres "
+                    f"({proc.stderr.strip()}); scripts/test starts it", pytrace=False)
+
+
+class DemoDatabase:
+    """A BookedBarber-shaped database of our own (scripts/demo-data), dropped at the end."""
+
+    def __init__(self, name, users=2000, appointments=20000, payments=16000):
+        self.name = name
+        self.sizes = ["--users", users, "--appointments", appointments, "--payments", payments]
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{self.name}"
+
+    def create(self):
+        require_postgres()
+        run([ROOT / "scripts/demo-data", "--db", self.name, "--reset", *self.sizes])
+        return self
+
+    def drop(self):
+        psql("postgres", f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)', check=False)
+
+
+DEMO_QUEUES = "default,notifications,urgent_notifications,marketing"
+
+
+def celery_worker(name, broker_url, log_dir, failure_rate="0.08", queues=DEMO_QUEUES) -> Process:
+    """A real Celery worker with events on, running the demo's tasks."""
+    return Process(
+        f"celery-{name}",
+        [require("celery"), "-A", "bbtasks", "worker", "-E", "-n", f"{name}@%h", "-c", "2",
+         "-Q", queues, "--loglevel", "INFO"],
+        log_dir, cwd=ROOT / "scripts/celery",
+        env={"BBX_BROKER_URL": broker_url, "BBX_FAILURE_RATE": failure_rate},
+    ).start()
+
+
+def celery_producer(broker_url, log_dir, mode="demo") -> Process:
+    """The demo's endless BookedBarber-like task traffic (scripts/celery/workload.py)."""
+    return Process(
+        f"celery-producer-{mode}",
+        [ROOT / ".venv/bin/python", "workload.py", mode],
+        log_dir, cwd=ROOT / "scripts/celery", env={"BBX_BROKER_URL": broker_url},
+    ).start()
+
+
+def exporter(binary, log_dir, postgres_url=None, redis_url=None, args=(), name="exporter") -> Process:
+    """The real exporter on a free loopback port; `.url` is its base URL."""
+    port = free_port()
+    env = {"BOOKEDBARBER_POSTGRES_DSN": postgres_url or "", "BOOKEDBARBER_REDIS_URL": redis_url or ""}
+    proc = Process(name, [binary, "--web.listen-address", f"127.0.0.1:{port}", *args], log_dir, env=env)
+    proc.port = port
+    proc.url = f"http://127.0.0.1:{port}"
+    return proc.start()
