@@ -112,7 +112,12 @@ def matchers(items, where):
         if not m:
             raise SourceError(f"alertmanager.yaml {where}: write matchers as name=\"value\": {item!r}")
         name, op, value = m.groups()
-        out.append({"name": name, "matchType": op, "value": value.encode().decode("unicode_escape")})
+        matcher = {"name": name, "value": value.encode().decode("unicode_escape")}
+        # Equality is the operator's default. Leaving it out also keeps a bare `=`
+        # out of `kubectl kustomize` output, which YAML 1.1 parsers (PyYAML) reject.
+        if op != "=":
+            matcher["matchType"] = op
+        out.append(matcher)
     return out
 
 
