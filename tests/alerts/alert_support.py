@@ -16,6 +16,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import promql_parser
 import pytest
 import yaml
 
@@ -59,6 +60,17 @@ def rules(kind=None):
 
 def unit_tests(area):
     return yaml.safe_load((UNIT_TESTS / f"{area}.test.yaml").read_text())
+
+
+def selectors(expr):
+    """[(metric, {label: (match op, value)})] of every vector selector in a PromQL expression."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, promql_parser.VectorSelector):
+            found.append((node.name, {m.name: (str(m.op).split(".")[-1], m.value) for m in node.matchers.matchers}))
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
 
 
 # --- the documented test overrides ------------------------------------------

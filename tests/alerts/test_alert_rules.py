@@ -4,12 +4,11 @@ resources are exactly what promtool tests, selectors pick only BookedBarber's
 series, and every alert is documented and has a runbook."""
 import re
 
-import promql_parser
 import pytest
 import yaml
 
 from alert_support import (ALERTS, AREAS, EXPORTER_JOB, RULE_FILES, RUNBOOK_BASE_URL, UNIT_TESTS, rule_groups,
-                           rules, unit_tests)
+                           rules, selectors, unit_tests)
 from support.tools import ROOT, VENV_BIN, require, run
 
 SEVERITIES = {"critical", "warning", "info"}
@@ -171,16 +170,6 @@ NAME_PREFIX = re.compile(r"^(\(\.\+-\)\?)?bookedbarber-")
 OBJECT_LABEL = {"kube_deployment": "deployment", "kube_horizontalpodautoscaler": "horizontalpodautoscaler",
                 "kube_cronjob": "cronjob", "kube_pod": "pod", "kubelet_volume_stats": "persistentvolumeclaim",
                 "container_": "pod"}
-
-
-def selectors(expr):
-    found = []
-
-    def visit(node):
-        if isinstance(node, promql_parser.VectorSelector):
-            found.append((node.name, {m.name: (str(m.op).split(".")[-1], m.value) for m in node.matchers.matchers}))
-    promql_parser.walk(promql_parser.parse(expr), visit)
-    return found
 
 
 def test_selectors_pick_only_bookedbarbers_series():
