@@ -9,7 +9,10 @@ use sqlx::postgres::PgConnectOptions;
 use tracing::{info, warn};
 
 use crate::business::{collector_name, BusinessHealth, BusinessQuerySource, QueryFile};
-use crate::celery::{self, CeleryQueueSource, EventHub, EventLimits, QueueConfig, SentAt};
+use crate::celery::{
+    self, CeleryQueueSource, ConsumerConfig, DiscoveredQueues, EventHub, EventLimits, QueueConfig,
+    QueueDiscoverySource, SentAt,
+};
 use crate::cli::Cli;
 use crate::exposition::Exposition;
 use crate::exposition::LiveFamilies;
@@ -136,7 +139,7 @@ fn start_postgres(
             timeout: cli.postgres_timeout,
         },
     ));
-    info!(%target, interval = ?cli.postgres_interval, "PostgreSQL collector enabled");
+    info!(server = %target, interval = ?cli.postgres_interval, "PostgreSQL collector enabled");
     let Some(file) = queries else { return };
     let longest_query = file.longest_timeout();
     let business_pool = PostgresConfig {
@@ -152,7 +155,7 @@ fn start_postgres(
     .pool();
     let health = BusinessHealth::new(&file);
     live.push(health.clone());
-    info!(%target, queries = file.queries.len(), connections = cli.postgres_max_connections - 1,
+    info!(server = %target, queries = file.queries.len(), connections = cli.postgres_max_connections - 1,
           "business collectors enabled");
     let count = file.queries.len().max(1) as u32;
     for (i, query) in file.queries.into_iter().enumerate() {
@@ -191,7 +194,7 @@ fn start_redis_and_celery(
         RedisServerSource::new(connection.clone()),
         schedule,
     ));
-    info!(target = %target.description, interval = ?cli.redis_interval, "Redis collector enabled");
+    info!(server = %target.description, interval = ?cli.redis_interval, "Redis collector enabled");
 
     let hub = cli.celery_events_enabled.then(|| {
         EventHub::new(EventLimits {
@@ -209,13 +212,18 @@ fn start_redis_and_celery(
         } else {
             cli.celery_event_dbs.clone()
         };
-        let patterns = celery::channel_patterns(&cli.celery_key_prefix, &dbs);
-        tokio::spawn(celery::consume(
-            target.clone(),
-            patterns,
+        let slot = CollectorSlot::new("celery_events");
+        tokio::spawn(celery::supervise(
+            ConsumerConfig {
+                target: target.clone(),
+                patterns: celery::channel_patterns(&cli.celery_key_prefix, &dbs),
+                timeout: cli.redis_timeout,
+                idle_check: cli.celery_events_idle_check,
+            },
             hub.clone(),
-            cli.redis_timeout,
+            slot.clone(),
         ));
+        slots.push(slot);
         live.push(hub.clone());
     }
     let queues = QueueConfig {
@@ -228,20 +236,41 @@ fn start_redis_and_celery(
             .map(|q| q.trim().to_owned())
             .filter(|q| !q.is_empty())
             .collect(),
-        discover: cli.celery_discover_queues,
         max_queues: cli.celery_max_queues,
         event_exchange: cli.celery_event_exchange.clone(),
         control_exchange: cli.celery_control_exchange.clone(),
         ..QueueConfig::default()
     };
-    let schedule = Schedule {
-        interval: cli.celery_interval,
-        timeout: cli.celery_timeout,
-    };
+    let discovered = DiscoveredQueues::default();
+    if cli.celery_discover_queues {
+        slots.push(runner::start(
+            "celery_queue_discovery",
+            QueueDiscoverySource::new(
+                queues.clone(),
+                connection.clone(),
+                discovered.clone(),
+                cli.celery_discovery_max_keys,
+            ),
+            Schedule {
+                interval: cli.celery_discovery_interval,
+                // A scan of millions of keys takes seconds, not the
+                // milliseconds of a queue collection.
+                timeout: cli.celery_discovery_interval.min(Duration::from_secs(120)),
+            },
+        ));
+    }
     slots.push(runner::start(
         "celery_queues",
-        CeleryQueueSource::new(queues, connection, hub.map(|h| h as Arc<dyn SentAt>)),
-        schedule,
+        CeleryQueueSource::new(
+            queues,
+            connection,
+            hub.map(|h| h as Arc<dyn SentAt>),
+            discovered,
+        ),
+        Schedule {
+            interval: cli.celery_interval,
+            timeout: cli.celery_timeout,
+        },
     ));
-    info!(target = %target.description, events = cli.celery_events_enabled, "Celery collectors enabled");
+    info!(server = %target.description, events = cli.celery_events_enabled, "Celery collectors enabled");
 }

@@ -114,6 +114,17 @@ pub struct Cli {
     #[arg(long = "celery.discover-queues", default_value_t = true, action = clap::ArgAction::Set)]
     pub celery_discover_queues: bool,
 
+    /// How often queue discovery scans the broker's keyspace. It is kept
+    /// apart from --celery.interval because the keyspace can hold millions
+    /// of result keys; the configured queues are read every interval.
+    #[arg(long = "celery.discovery-interval", default_value = "5m", value_parser = parse_duration)]
+    pub celery_discovery_interval: Duration,
+
+    /// Keys one discovery may scan before it stops and reports
+    /// celery_queue_discovery_truncated 1.
+    #[arg(long = "celery.discovery-max-keys", default_value_t = 10_000_000)]
+    pub celery_discovery_max_keys: u64,
+
     /// kombu's global_keyprefix transport option.
     #[arg(long = "celery.key-prefix", default_value = "")]
     pub celery_key_prefix: String,
@@ -142,6 +153,12 @@ pub struct Cli {
     /// broker URL's database when unset.
     #[arg(long = "celery.events.dbs", value_delimiter = ',')]
     pub celery_event_dbs: Vec<i64>,
+
+    /// After this long without an event, the subscription is checked with a
+    /// PING (answered within --redis.timeout, or the exporter reconnects):
+    /// a connection whose network path went silent never closes by itself.
+    #[arg(long = "celery.events.idle-check", default_value = "15s", value_parser = parse_duration)]
+    pub celery_events_idle_check: Duration,
 
     /// Queues reported one by one; more are summed as queue="__overflow__".
     #[arg(long = "celery.max-queues", default_value_t = 100)]

@@ -10,9 +10,9 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::process;
 use crate::runner::CollectorSlot;
 use crate::snapshot::{Family, Kind, Value};
+use crate::{logging, process};
 
 /// Families computed when scraped rather than on a schedule, such as worker
 /// liveness, which depends on the current time.
@@ -108,7 +108,17 @@ impl Exposition {
 impl Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         encode_family(&mut encoder, &self.build_info)?;
-        for family in self.self_metrics().iter().chain(process::families().iter()) {
+        let logging = Family::counter(
+            "bookedbarber_exporter_log_lines_dropped_total",
+            "Log lines dropped because standard error could not be written (a closed log pipe, a full disk) or its queue was full.",
+        )
+        .with_value(logging::dropped_lines() as f64);
+        for family in self
+            .self_metrics()
+            .iter()
+            .chain(process::families().iter())
+            .chain(std::iter::once(&logging))
+        {
             encode_family(&mut encoder, family)?;
         }
         for slot in &self.slots {

@@ -5,7 +5,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_level, cli.log_format);
+    // Held to the end: dropping it flushes the lines still queued.
+    let _log_guard = logging::init(cli.log_level, cli.log_format);
     // One TLS implementation for the server, PostgreSQL and Redis clients.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use redis::aio::{MultiplexedConnection, PubSub};
+use redis::io::tcp::socket2::TcpKeepalive;
+use redis::io::tcp::TcpSettings;
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
 use thiserror::Error;
 use tokio::sync::Mutex;
@@ -38,6 +40,19 @@ impl RedisTarget {
             .map_err(|e| RedisUrlError::Invalid(e.to_string().replace(url.trim(), "<url>")))?;
         let db = info.redis_settings().db();
         let description = format!("{}/{db}", info.addr());
+        // Keepalive probes close a connection whose peer vanished without a
+        // word (a NAT or conntrack entry dropped, a failed-over host), which
+        // would otherwise wait forever for its next reply or event.
+        let keepalive = TcpKeepalive::new()
+            .with_time(Duration::from_secs(30))
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3);
+        let info = info.set_tcp_settings(
+            TcpSettings::default()
+                .set_nodelay(true)
+                .set_keepalive(keepalive)
+                .set_user_timeout(Duration::from_secs(60)),
+        );
         let client = Client::open(info).map_err(|e| RedisUrlError::Invalid(e.to_string()))?;
         Ok(RedisTarget {
             client,

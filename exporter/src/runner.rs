@@ -7,10 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use tracing::{info, warn};
 
 use crate::monotonic::{CounterPolicy, Decrease, MonotonicCounters};
@@ -93,6 +95,26 @@ impl CollectorSlot {
     fn publish(&self, state: SlotState) {
         self.state.store(Arc::new(state));
     }
+
+    /// For a source that is not polled (the event stream): records that it
+    /// works, or that it failed, as a polled collection would. It serves no
+    /// families of its own.
+    pub fn record(&self, ok: bool) {
+        let previous = self.state();
+        self.publish(SlotState {
+            families: previous.families.clone(),
+            has_run: true,
+            up: ok,
+            last_duration_seconds: 0.0,
+            errors_total: previous.errors_total + u64::from(!ok),
+            last_success_unix_seconds: if ok {
+                Some(unix_now())
+            } else {
+                previous.last_success_unix_seconds
+            },
+            source_decreases: previous.source_decreases.clone(),
+        });
+    }
 }
 
 pub fn unix_now() -> f64 {
@@ -135,12 +157,17 @@ async fn run<S: Source>(source: S, slot: Arc<CollectorSlot>, schedule: Schedule)
     let mut counters = MonotonicCounters::new(source.counter_policy());
     loop {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(schedule.timeout, source.collect()).await;
+        // A panic inside a collection is a failed collection: the collector
+        // shows as down and tries again, instead of freezing on its last
+        // values with its task gone.
+        let collection = AssertUnwindSafe(source.collect()).catch_unwind();
+        let outcome = tokio::time::timeout(schedule.timeout, collection).await;
         let duration = started.elapsed().as_secs_f64();
         let previous = slot.state();
         let result = match outcome {
-            Ok(Ok(families)) => Ok(families),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(Ok(families))) => Ok(families),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(panic)) => Err(format!("panicked: {}", panic_message(&*panic))),
             Err(_) => Err(format!("timed out after {:?}", schedule.timeout)),
         };
         match result {
@@ -190,6 +217,15 @@ async fn run<S: Source>(source: S, slot: Arc<CollectorSlot>, schedule: Schedule)
     }
 }
 
+/// The message of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
 /// The drop counts after one collection: every counter served so far, at 0
 /// until its source first goes down. The first drop of each is logged.
 fn count_decreases(
@@ -231,6 +267,44 @@ fn count_decreases(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Panics on its first collection, then works.
+    struct PanicsOnce(AtomicU32);
+
+    impl Source for PanicsOnce {
+        type Error = String;
+
+        async fn collect(&self) -> Result<Vec<Family>, String> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("boom");
+            }
+            Ok(vec![Family::gauge("x", "h").with_value(1.0)])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_collection_shows_as_down_and_the_collector_goes_on() {
+        let schedule = Schedule {
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_secs(1),
+        };
+        let slot = start("panicky", PanicsOnce(AtomicU32::new(0)), schedule);
+        let mut seen_down = false;
+        for _ in 0..200 {
+            let state = slot.state();
+            if state.has_run && !state.up {
+                seen_down = true;
+                assert_eq!(state.errors_total, 1);
+            }
+            if seen_down && state.up {
+                assert_eq!(state.families.len(), 1);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the collector did not fail then recover: seen_down={seen_down}");
+    }
 
     #[test]
     fn retry_delay_doubles_and_is_capped() {

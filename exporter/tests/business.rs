@@ -256,7 +256,7 @@ async fn business_metrics_equal_the_truth_and_follow_changes() {
     );
     assert!(exporter
         .logs()
-        .contains(&format!("target=127.0.0.1:5432/{}", db.name)));
+        .contains(&format!("server=127.0.0.1:5432/{}", db.name)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

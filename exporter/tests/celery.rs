@@ -16,7 +16,14 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn celery_exporter(redis: &ThrowawayRedis, db: u32, extra: &[&str]) -> Exporter {
     let url = redis.url(db);
-    let mut args = vec!["--redis.interval", "1s", "--celery.interval", "1s"];
+    let mut args = vec![
+        "--redis.interval",
+        "1s",
+        "--celery.interval",
+        "1s",
+        "--celery.discovery-interval",
+        "1s",
+    ];
     args.extend_from_slice(extra);
     Exporter::start(&args, &[("BOOKEDBARBER_REDIS_URL", &url)])
 }
@@ -437,6 +444,79 @@ async fn redis_restart_turns_up_off_and_on_and_events_flow_again() {
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_subscription_is_noticed_and_replaced() {
+    let redis = ThrowawayRedis::start();
+    let proxy = common::proxy::SilentableProxy::start(redis.port).await;
+    let url = format!("redis://127.0.0.1:{}/0", proxy.port);
+    let exporter = Exporter::start(
+        &[
+            "--redis.interval",
+            "1s",
+            "--redis.timeout",
+            "1s",
+            "--celery.events.idle-check",
+            "2s",
+            "--celery.discover-queues",
+            "false",
+        ],
+        &[("BOOKEDBARBER_REDIS_URL", &url)],
+    );
+    exporter
+        .wait_for("the event stream", WAIT, |m| {
+            m.get("celery_event_stream_up", &[]) == Some(1.0)
+                && m.collector_up("celery_events") == Some(1.0)
+        })
+        .await;
+
+    // The path goes silent: nothing is closed, nothing arrives.
+    proxy.go_silent();
+    let silent_at = std::time::Instant::now();
+    let m = exporter
+        .wait_for("the silent stream to be noticed", WAIT, |m| {
+            m.get("celery_event_stream_up", &[]) == Some(0.0)
+        })
+        .await;
+    let noticed = silent_at.elapsed();
+    println!("silent subscription noticed after {noticed:?}");
+    // idle check 2 s + PING timeout 1 s, with room for a loaded machine.
+    assert!(
+        noticed < Duration::from_secs(10),
+        "noticed after {noticed:?}"
+    );
+    assert_eq!(m.collector_up("celery_events"), Some(0.0));
+    assert!(m.collector_errors("celery_events").unwrap() >= 1.0);
+
+    proxy.resume();
+    let m = exporter
+        .wait_for("the stream to come back", WAIT, |m| {
+            m.get("celery_event_stream_up", &[]) == Some(1.0)
+        })
+        .await;
+    assert!(m.get("celery_event_stream_reconnects_total", &[]).unwrap() >= 1.0);
+    let mut conn = redis.connection(0).await;
+    for i in 0..5 {
+        let _: i64 = conn
+            .publish(
+                "/0.celeryev/task.sent",
+                task_sent_payload(&format!("after-silence-{i}"), "bb.after_silence"),
+            )
+            .await
+            .unwrap();
+    }
+    exporter
+        .wait_for("events after the silence to be counted", WAIT, |m| {
+            m.get(
+                "celery_task_sent_total",
+                &[("name", "bb.after_silence"), ("queue", "notifications")],
+            ) == Some(5.0)
+        })
+        .await;
+    assert!(exporter
+        .logs()
+        .contains("Celery event stream silent and its PING unanswered"));
+}
+
 fn rss_bytes(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: f64 = status
@@ -567,7 +647,7 @@ async fn tls_password_and_disabled_config_like_managed_redis() {
         "password leaked:\n{logs}"
     );
     assert!(
-        logs.contains(&format!("target=127.0.0.1:{}/0", redis.port)),
+        logs.contains(&format!("server=127.0.0.1:{}/0", redis.port)),
         "{logs}"
     );
 

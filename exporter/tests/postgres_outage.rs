@@ -197,7 +197,7 @@ async fn pg_up_follows_the_server_and_metrics_keep_serving() {
     assert!(!m.family("pg_database_size_bytes").is_empty());
     let logs = exporter.logs();
     assert!(
-        logs.contains("msg=\"collector recovered\"") && logs.contains("collector=postgres"),
+        logs.contains("message=\"collector recovered\"") && logs.contains("collector=postgres"),
         "{logs}"
     );
     assert!(

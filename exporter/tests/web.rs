@@ -175,7 +175,7 @@ fn sigterm_shuts_down_cleanly() {
     assert!(
         exporter
             .logs()
-            .contains("msg=\"shutting down\" signal=SIGTERM"),
+            .contains("message=\"shutting down\" signal=SIGTERM"),
         "{}",
         exporter.logs()
     );

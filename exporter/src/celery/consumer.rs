@@ -12,6 +12,7 @@ use super::state::EventState;
 use super::{EventLimits, SentAt};
 use crate::exposition::LiveFamilies;
 use crate::redis_conn::{escape_glob, RedisTarget};
+use crate::runner::{panic_message, CollectorSlot};
 use crate::snapshot::Family;
 
 /// The state behind a lock, shared by the consumer and `/metrics`.
@@ -65,48 +66,138 @@ pub fn channel_patterns(key_prefix: &str, dbs: &[i64]) -> Vec<String> {
         .collect()
 }
 
-/// Subscribes and consumes events forever, reconnecting with capped
-/// backoff after Redis goes away.
-pub async fn consume(
-    target: RedisTarget,
-    patterns: Vec<String>,
-    hub: Arc<EventHub>,
-    connect_timeout: Duration,
-) {
+/// How the subscription is run and watched.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub target: RedisTarget,
+    pub patterns: Vec<String>,
+    /// Time limit of connecting, subscribing and of a PING's reply.
+    pub timeout: Duration,
+    /// After this long without a message, the subscription is checked with
+    /// a PING: a connection whose path went silent (a NAT or conntrack entry
+    /// dropped, a failover) never closes by itself.
+    pub idle_check: Duration,
+}
+
+/// Runs the consumer for as long as the exporter lives, under the same
+/// watch as a polled collector: `slot` shows it up while subscribed, counts
+/// each lost or failed subscription as an error, and a consumer task that
+/// ends or panics is reported and started again.
+pub async fn supervise(config: ConsumerConfig, hub: Arc<EventHub>, slot: Arc<CollectorSlot>) {
+    loop {
+        let task = tokio::spawn(consume(config.clone(), hub.clone(), slot.clone()));
+        let why = match task.await {
+            Ok(()) => "ended".to_owned(),
+            Err(e) if e.is_panic() => format!("panicked: {}", panic_message(&*e.into_panic())),
+            Err(e) => e.to_string(),
+        };
+        warn!(collector = %slot.name, why, "the Celery event consumer stopped; starting it again");
+        hub.with(|s| s.set_stream_up(false));
+        slot.record(false);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Why a subscription ended.
+enum Lost {
+    Closed,
+    NoPong(String),
+}
+
+/// Subscribes and consumes events, reconnecting with capped backoff after
+/// the subscription is lost or silent.
+async fn consume(config: ConsumerConfig, hub: Arc<EventHub>, slot: Arc<CollectorSlot>) {
+    let target = &config.target;
     let mut backoff = Duration::from_millis(250);
     let mut failing = false;
     loop {
         let result = async {
-            let mut pubsub = target.pubsub(connect_timeout).await?;
-            for p in &patterns {
-                pubsub.psubscribe(p).await?;
+            let mut pubsub = target.pubsub(config.timeout).await?;
+            for p in &config.patterns {
+                tokio::time::timeout(config.timeout, pubsub.psubscribe(p))
+                    .await
+                    .map_err(|_| timed_out(config.timeout))??;
             }
             Ok::<_, redis::RedisError>(pubsub)
         }
         .await;
         match result {
-            Ok(mut pubsub) => {
+            Ok(pubsub) => {
                 hub.with(|s| s.set_stream_up(true));
-                info!(target = %target.description, patterns = ?patterns, "subscribed to Celery events");
+                slot.record(true);
+                info!(server = %target.description, patterns = ?config.patterns, "subscribed to Celery events");
                 failing = false;
                 backoff = Duration::from_millis(250);
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    hub.handle(message.get_payload_bytes());
-                }
+                let lost = listen(&config, pubsub, &hub, &slot).await;
                 hub.with(|s| s.set_stream_up(false));
-                warn!(target = %target.description, "Celery event stream lost; reconnecting");
+                slot.record(false);
+                match lost {
+                    Lost::Closed => {
+                        warn!(server = %target.description, "Celery event stream lost; reconnecting")
+                    }
+                    Lost::NoPong(error) => warn!(
+                        server = %target.description, %error, idle = ?config.idle_check,
+                        "Celery event stream silent and its PING unanswered; reconnecting"
+                    ),
+                }
             }
             Err(error) => {
                 if !failing {
-                    warn!(target = %target.description, %error, "cannot subscribe to Celery events; retrying");
+                    warn!(server = %target.description, %error, "cannot subscribe to Celery events; retrying");
                     failing = true;
                 }
+                slot.record(false);
             }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Hands messages to the hub until the subscription closes, or stays silent
+/// and does not answer a PING.
+async fn listen(
+    config: &ConsumerConfig,
+    pubsub: redis::aio::PubSub,
+    hub: &EventHub,
+    slot: &CollectorSlot,
+) -> Lost {
+    let (mut sink, mut stream) = pubsub.split();
+    // How often a flowing stream refreshes the collector's last success.
+    let report_every = config.idle_check.min(Duration::from_secs(5));
+    let mut last_heard = Instant::now();
+    let mut last_report = last_heard;
+    loop {
+        tokio::select! {
+            message = stream.next() => {
+                let Some(message) = message else { return Lost::Closed };
+                hub.handle(message.get_payload_bytes());
+                last_heard = Instant::now();
+                if last_heard - last_report >= report_every {
+                    slot.record(true);
+                    last_report = last_heard;
+                }
+            }
+            _ = tokio::time::sleep_until((last_heard + config.idle_check).into()) => {
+                match tokio::time::timeout(config.timeout, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {
+                        last_heard = Instant::now();
+                        slot.record(true);
+                        last_report = last_heard;
+                    }
+                    Ok(Err(e)) => return Lost::NoPong(e.to_string()),
+                    Err(_) => return Lost::NoPong(format!("no reply within {:?}", config.timeout)),
+                }
+            }
+        }
+    }
+}
+
+fn timed_out(after: Duration) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("timed out after {after:?}"),
+    ))
 }
 
 #[cfg(test)]

@@ -10,13 +10,15 @@
 
 pub mod consumer;
 pub mod decode;
+pub mod discovery;
 pub mod queues;
 pub mod state;
 
 use std::time::Duration;
 
-pub use consumer::{channel_patterns, consume, EventHub};
+pub use consumer::{channel_patterns, supervise, ConsumerConfig, EventHub};
 pub use decode::{decode, DecodeError, Decoded, Event};
+pub use discovery::{DiscoveredQueues, QueueDiscoverySource};
 pub use queues::{CeleryQueueSource, QueueConfig};
 pub use state::{EventState, MessageCounts};
 

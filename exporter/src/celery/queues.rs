@@ -10,8 +10,9 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use thiserror::Error;
 
+use super::discovery::DiscoveredQueues;
 use super::{SentAt, OVERFLOW};
-use crate::redis_conn::{escape_glob, SharedConnection};
+use crate::redis_conn::SharedConnection;
 use crate::runner::{unix_now, Source};
 use crate::snapshot::Family;
 
@@ -32,8 +33,6 @@ pub struct QueueConfig {
     pub priority_steps: Vec<u8>,
     /// Queues always reported, even before anything declared them.
     pub queues: Vec<String>,
-    /// Find queues through the `_kombu.binding.*` sets.
-    pub discover: bool,
     /// Queues reported one by one; the rest are summed as `__overflow__`.
     pub max_queues: usize,
     /// Celery's `event_exchange` and `control_exchange`, whose bindings are
@@ -51,7 +50,6 @@ impl Default for QueueConfig {
             separator: "\x06\x16".into(),
             priority_steps: vec![0, 3, 6, 9],
             queues: Vec::new(),
-            discover: true,
             max_queues: 100,
             event_exchange: "celeryev".into(),
             control_exchange: "celery".into(),
@@ -70,7 +68,7 @@ impl QueueConfig {
         }
     }
 
-    fn is_system_exchange(&self, exchange: &str) -> bool {
+    pub(super) fn is_system_exchange(&self, exchange: &str) -> bool {
         let control = &self.control_exchange;
         exchange == self.event_exchange
             || exchange == format!("{control}.pidbox")
@@ -236,19 +234,24 @@ pub struct CeleryQueueSource {
     config: QueueConfig,
     connection: Arc<SharedConnection>,
     events: Option<Arc<dyn SentAt>>,
+    discovered: DiscoveredQueues,
     heads: Mutex<HeadsSeen>,
 }
 
 impl CeleryQueueSource {
+    /// `discovered` holds the queues the discovery collector found (empty
+    /// when discovery is off).
     pub fn new(
         config: QueueConfig,
         connection: Arc<SharedConnection>,
         events: Option<Arc<dyn SentAt>>,
+        discovered: DiscoveredQueues,
     ) -> Self {
         CeleryQueueSource {
             config,
             connection,
             events,
+            discovered,
             heads: Mutex::new(HeadsSeen::new()),
         }
     }
@@ -258,46 +261,9 @@ impl CeleryQueueSource {
         mut conn: redis::aio::MultiplexedConnection,
     ) -> redis::RedisResult<QueueReading> {
         let c = &self.config;
+        // The configured queues first, then those discovery found.
         let mut names: Vec<String> = c.queues.clone();
-        if c.discover {
-            let pattern = format!("{}_kombu.binding.*", escape_glob(&c.key_prefix));
-            let mut keys = Vec::new();
-            let mut cursor: u64 = 0;
-            // SCAN, not KEYS: bounded steps that never block Redis.
-            for _ in 0..1000 {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await?;
-                keys.extend(batch);
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
-            let binding_prefix = format!("{}_kombu.binding.", c.key_prefix);
-            keys.retain(|k| {
-                k.strip_prefix(&binding_prefix)
-                    .is_some_and(|exchange| !c.is_system_exchange(exchange))
-            });
-            keys.sort();
-            if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                for k in &keys {
-                    pipe.cmd("SMEMBERS").arg(k);
-                }
-                let members: Vec<Vec<Vec<u8>>> = pipe.query_async(&mut conn).await?;
-                let mut discovered: BTreeSet<String> = BTreeSet::new();
-                for set in &members {
-                    discovered.extend(c.queues_in_binding(set).into_iter().map(|(_, q)| q));
-                }
-                names.extend(discovered.into_iter().filter(|q| !c.queues.contains(q)));
-            }
-        }
+        names.extend(self.discovered.load().iter().cloned());
         let mut seen = BTreeSet::new();
         names.retain(|n| seen.insert(n.clone()));
 
@@ -385,15 +351,8 @@ impl Source for CeleryQueueSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::celery::test_support::fixture;
     use crate::snapshot::find;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/tests/fixtures/celery/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
 
     #[test]
     fn keys_follow_kombu() {

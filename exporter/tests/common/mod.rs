@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub mod celery;
 pub mod prometheus;
+pub mod proxy;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -205,13 +206,13 @@ impl Exporter {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = log.lock().unwrap().clone();
-            if let Some(address) =
-                text.lines()
-                    .find(|l| l.contains("msg=listening"))
-                    .and_then(|l| {
-                        l.split_whitespace()
-                            .find_map(|w| w.strip_prefix("address="))
-                    })
+            if let Some(address) = text
+                .lines()
+                .find(|l| l.contains("message=listening"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix("address="))
+                })
             {
                 let scheme = if text.contains("scheme=https") {
                     "https"
