@@ -139,9 +139,13 @@ pub enum ClientAuth {
     None,
     /// VerifyClientCertIfGiven: a certificate is optional, but one that is
     /// sent must chain to the CA.
-    VerifyIfGiven { ca_file: PathBuf },
+    VerifyIfGiven {
+        ca_file: PathBuf,
+    },
     /// RequireAndVerifyClientCert: mutual TLS.
-    RequireAndVerify { ca_file: PathBuf },
+    RequireAndVerify {
+        ca_file: PathBuf,
+    },
 }
 
 impl ClientAuth {
@@ -405,9 +409,13 @@ fn locate(text: &str, path: &[&str], value: Option<&str>) -> Option<usize> {
         }
         if indents.len() < path.len() {
             let key = path[indents.len()];
-            let is_key = [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")]
-                .iter()
-                .any(|k| trimmed.starts_with(k.as_str()));
+            let is_key = [
+                format!("{key}:"),
+                format!("\"{key}\":"),
+                format!("'{key}':"),
+            ]
+            .iter()
+            .any(|k| trimmed.starts_with(k.as_str()));
             if is_key {
                 indents.push(indent);
                 found = Some(n + 1);
@@ -476,7 +484,8 @@ impl WebConfig {
             )));
         }
         for (user, hash) in &raw.basic_auth_users {
-            bcrypt_hash(hash).map_err(|e| invalid(cx.error(&["basic_auth_users", user], None, e)))?;
+            bcrypt_hash(hash)
+                .map_err(|e| invalid(cx.error(&["basic_auth_users", user], None, e)))?;
         }
         let mut headers = Vec::new();
         for (name, value) in &raw.http_server_config.headers {
@@ -524,16 +533,21 @@ fn tls_settings(t: RawTls, base: &Path, cx: &Context) -> Result<TlsSettings, Str
             "not supported; use a client CA that signs only the clients allowed in".into(),
         ));
     }
-    let cert_file = t.cert_file.ok_or_else(|| {
-        err("cert_file", None, "missing (the server certificate)".into())
-    })?;
+    let cert_file = t
+        .cert_file
+        .ok_or_else(|| err("cert_file", None, "missing (the server certificate)".into()))?;
     let key_file = t.key_file.ok_or_else(|| {
-        err("key_file", None, "missing (the server's private key)".into())
+        err(
+            "key_file",
+            None,
+            "missing (the server's private key)".into(),
+        )
     })?;
     let auth_type = match &t.client_auth_type {
         None => ClientAuthType::NoClientCert,
-        Some(name) => ClientAuthType::try_from(name.clone())
-            .map_err(|e| err("client_auth_type", None, e))?,
+        Some(name) => {
+            ClientAuthType::try_from(name.clone()).map_err(|e| err("client_auth_type", None, e))?
+        }
     };
     let ca_file = t.client_ca_file.map(|f| base.join(f));
     let client_auth = match (auth_type, ca_file) {
@@ -593,7 +607,9 @@ fn tls_settings(t: RawTls, base: &Path, cx: &Context) -> Result<TlsSettings, Str
     let curve_preferences = t
         .curve_preferences
         .iter()
-        .map(|name| Curve::try_from(name.clone()).map_err(|e| err("curve_preferences", Some(name), e)))
+        .map(|name| {
+            Curve::try_from(name.clone()).map_err(|e| err("curve_preferences", Some(name), e))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(TlsSettings {
         cert_file: base.join(cert_file),
@@ -661,8 +677,8 @@ mod tests {
                 ca_file: "/etc/x/ca.crt".into()
             }
         );
-        let c =
-            with("  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n").unwrap();
+        let c = with("  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n")
+            .unwrap();
         assert!(matches!(
             c.tls.unwrap().client_auth,
             ClientAuth::VerifyIfGiven { .. }
@@ -714,7 +730,9 @@ mod tests {
         }
         assert_eq!(
             CipherSuite::try_from("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305".to_owned()),
-            Ok(CipherSuite::Tls12(Tls12Suite::EcdheRsaChacha20Poly1305Sha256))
+            Ok(CipherSuite::Tls12(
+                Tls12Suite::EcdheRsaChacha20Poly1305Sha256
+            ))
         );
         assert_eq!(
             CipherSuite::try_from("TLS_AES_128_GCM_SHA256".to_owned()),
@@ -727,7 +745,9 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            e.contains("TLS_BOGUS") && e.contains("key `tls_server_config.cipher_suites`") && e.contains("line 6"),
+            e.contains("TLS_BOGUS")
+                && e.contains("key `tls_server_config.cipher_suites`")
+                && e.contains("line 6"),
             "{e}"
         );
         let t = parse(&format!(
@@ -765,7 +785,10 @@ mod tests {
         let names: Vec<&str> = c.headers.0.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["content-security-policy", "x-frame-options"]);
         let e = parse("http_server_config:\n  headers:\n    X-Frame-Options: allow\n").unwrap_err();
-        assert!(e.contains("X-Frame-Options") && e.contains("sameorigin"), "{e}");
+        assert!(
+            e.contains("X-Frame-Options") && e.contains("sameorigin"),
+            "{e}"
+        );
         let e = parse("http_server_config:\n  headers:\n    X-Content-Type-Options: sniff\n")
             .unwrap_err();
         assert!(e.contains("nosniff"), "{e}");

@@ -191,7 +191,8 @@ pub struct Server {
 impl Server {
     /// Serves until SIGTERM or SIGINT, then lets requests in flight finish.
     pub async fn serve(self, address: &ListenAddress) -> anyhow::Result<()> {
-        let listener = bind(address).map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+        let listener =
+            bind(address).map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
         let handle = axum_server::Handle::new();
         tokio::spawn(shutdown_on_signal(handle.clone()));
         let service = router(self.state).into_make_service();
