@@ -766,6 +766,28 @@ mod tests {
     }
 
     #[test]
+    fn keys_and_values_are_located_for_messages() {
+        let text = "# comment\ntls_server_config:\n  cert_file: a\n  cipher_suites:\n  - X\n  - Y\nbasic_auth_users:\n  \"prom\": h\n";
+        assert_eq!(locate(text, &["tls_server_config"], None), Some(2));
+        assert_eq!(
+            locate(text, &["tls_server_config", "cipher_suites"], Some("Y")),
+            Some(6),
+            "a list at its key's indentation"
+        );
+        assert_eq!(locate(text, &["basic_auth_users", "prom"], None), Some(8));
+        assert_eq!(
+            locate(text, &["tls_server_config", "key_file"], None),
+            Some(2),
+            "falls back to the deepest key found"
+        );
+        let flow = "tls_server_config: {cert_file: a, min_version: TLS10}\n";
+        assert_eq!(
+            locate(flow, &["tls_server_config", "min_version"], None),
+            Some(1)
+        );
+    }
+
+    #[test]
     fn curves() {
         let t = parse(&format!("{TLS}  curve_preferences: [CurveP256, X25519]\n"))
             .unwrap()

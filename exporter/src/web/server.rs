@@ -161,7 +161,15 @@ pub fn bind(address: &ListenAddress) -> std::io::Result<TcpListener> {
         ListenAddress::Socket(address) => TcpListener::bind(address)?,
         ListenAddress::AllInterfaces(port) => match bind_dual_stack(*port) {
             Ok(listener) => listener,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(e),
+            // Errors IPv4 would share: report them as they are.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                return Err(e)
+            }
             Err(e) => {
                 warn!(error = %e, "IPv6 is unavailable; listening on IPv4 only");
                 TcpListener::bind((Ipv4Addr::UNSPECIFIED, *port))?
