@@ -10,6 +10,9 @@ from support.tools import ROOT
 # not create, each with the condition.
 CONDITIONAL = {
     "celery_queues_untracked": "only when more queues than --celery.max-queues exist",
+    "bookedbarber_exporter_config_last_reload_successful": "only for configuration files given (--web.config.file)",
+    "bookedbarber_exporter_config_last_reload_success_timestamp_seconds": "only for configuration files given (--web.config.file)",
+    "bookedbarber_exporter_config_reload_failures_total": "only for configuration files given (--web.config.file)",
 }
 
 ROW = re.compile(r"^\|\s*(`[^|]+)\|\s*([a-z]*)\s*\|")

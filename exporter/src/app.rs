@@ -16,12 +16,12 @@ use crate::celery::{
 use crate::cli::Cli;
 use crate::exposition::Exposition;
 use crate::exposition::LiveFamilies;
-use crate::http::{self, AppState};
 use crate::postgres::{PostgresConfig, PostgresSource};
 use crate::redis_conn::{RedisTarget, SharedConnection};
 use crate::redis_server::RedisServerSource;
+use crate::reload::{Hangups, Reloaders};
 use crate::runner::{self, CollectorSlot, Schedule};
-use crate::web_config::WebConfig;
+use crate::web::WebSetup;
 
 pub const POSTGRES_DSN_ENV: &str = "BOOKEDBARBER_POSTGRES_DSN";
 pub const REDIS_URL_ENV: &str = "BOOKEDBARBER_REDIS_URL";
@@ -52,10 +52,11 @@ fn read_secret(
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let web = match &cli.web_config_file {
-        Some(path) => WebConfig::load(path)?,
-        None => WebConfig::default(),
-    };
+    // First: from now on SIGHUP is a reload request, never the end of the
+    // process, even while the rest starts.
+    let hangups = Hangups::install()?;
+    // Loads the certificates too, so --check-config fails where start-up would.
+    let web = WebSetup::load(cli.web_config_file.as_deref())?;
     let postgres_url = read_secret(
         POSTGRES_DSN_ENV,
         cli.postgres_dsn_file.as_deref(),
@@ -98,20 +99,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => warn!("{REDIS_URL_ENV} and --redis.url-file are unset: Redis and Celery collectors are disabled"),
     }
 
+    let reloaders = Reloaders::new();
+    live.push(reloaders.clone());
     let exposition = Arc::new(Exposition::new(slots, live));
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(exposition.clone()));
-    let WebConfig { tls, basic_auth } = web;
-    if basic_auth.enabled() {
-        info!("basic authentication required on every endpoint but /healthz");
+    if web.basic_auth_enabled() {
+        info!("basic authentication required on every endpoint but /healthz and /readyz");
     }
-    let state = Arc::new(AppState {
-        registry,
-        exposition,
-        telemetry_path: cli.telemetry_path,
-        basic_auth,
-    });
-    http::serve(cli.listen_address, http::router(state), tls.as_ref()).await
+    if web.client_certificates_required() {
+        info!("TLS client certificates required");
+    }
+    let server = web.into_server(registry, exposition, cli.telemetry_path, &reloaders);
+    // Reloadable parts are registered above; reloads may start now.
+    reloaders.listen(hangups);
+    server.serve(&cli.listen_address).await
 }
 
 fn start_postgres(

@@ -25,10 +25,11 @@ BOOKEDBARBER_POSTGRES_DSN  PostgreSQL URL (postgres://user:password@host:5432/db
 BOOKEDBARBER_REDIS_URL     Redis URL of the Celery broker (redis://host:6379/0) (or --redis.url-file)"
 )]
 pub struct Cli {
-    /// Address to serve on: host:port, or :port for every interface.
+    /// Address to serve on: host:port, or :port for every interface (IPv6
+    /// and IPv4).
     #[arg(long = "web.listen-address", env = "BOOKEDBARBER_EXPORTER_LISTEN_ADDRESS",
           default_value = ":10188", value_parser = parse_listen_address)]
-    pub listen_address: SocketAddr,
+    pub listen_address: ListenAddress,
 
     /// Path under which metrics are served.
     #[arg(long = "web.telemetry-path", default_value = "/metrics", value_parser = parse_path)]
@@ -247,15 +248,34 @@ pub enum LogFormat {
     Json,
 }
 
-fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
-    let full = if text.starts_with(':') {
-        format!("0.0.0.0{text}")
-    } else {
-        text.to_owned()
-    };
-    full.parse().map_err(|_| {
+/// Where to listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// `:port`: every interface, IPv6 and IPv4 alike.
+    AllInterfaces(u16),
+    Socket(SocketAddr),
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::AllInterfaces(port) => write!(f, ":{port}"),
+            ListenAddress::Socket(address) => write!(f, "{address}"),
+        }
+    }
+}
+
+fn parse_listen_address(text: &str) -> Result<ListenAddress, String> {
+    let err = || {
         format!("expected host:port or :port, such as 127.0.0.1:{DEFAULT_PORT} or :{DEFAULT_PORT}")
-    })
+    };
+    match text.strip_prefix(':') {
+        Some(port) => port
+            .parse()
+            .map(ListenAddress::AllInterfaces)
+            .map_err(|_| err()),
+        None => text.parse().map(ListenAddress::Socket).map_err(|_| err()),
+    }
 }
 
 fn parse_positive(text: &str) -> Result<usize, String> {
@@ -328,9 +348,10 @@ mod tests {
     #[test]
     fn listen_addresses() {
         assert_eq!(
-            parse_listen_address(":10188").unwrap().to_string(),
-            "0.0.0.0:10188"
+            parse_listen_address(":10188"),
+            Ok(ListenAddress::AllInterfaces(10188))
         );
+        assert!(parse_listen_address(":http").is_err());
         assert_eq!(
             parse_listen_address("127.0.0.1:9").unwrap().to_string(),
             "127.0.0.1:9"
@@ -345,7 +366,10 @@ mod tests {
     #[test]
     fn flags_parse_with_defaults() {
         let cli = Cli::try_parse_from(["x"]).unwrap();
-        assert_eq!(cli.listen_address.port(), DEFAULT_PORT);
+        assert_eq!(
+            cli.listen_address,
+            ListenAddress::AllInterfaces(DEFAULT_PORT)
+        );
         assert_eq!(cli.telemetry_path, "/metrics");
         assert!(cli.business_enabled);
         let cli =

@@ -207,3 +207,22 @@ impl Drop for CeleryWorker {
         let _ = self.child.wait();
     }
 }
+
+/// The captured task-sent event, with another uuid and task name: what
+/// `PUBLISH /0.celeryev/task.sent <payload>` carries.
+pub fn task_sent_event(uuid: &str, name: &str) -> Vec<u8> {
+    use base64::Engine;
+    let envelope: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join("exporter/tests/fixtures/celery/event-task-sent.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&b64.decode(envelope["body"].as_str().unwrap()).unwrap()).unwrap();
+    body["uuid"] = uuid.into();
+    body["name"] = name.into();
+    let mut envelope = envelope;
+    envelope["body"] = b64.encode(serde_json::to_vec(&body).unwrap()).into();
+    serde_json::to_vec(&envelope).unwrap()
+}

@@ -19,6 +19,14 @@ use sqlx::PgPool;
 
 pub const EXPORTER: &str = env!("CARGO_BIN_EXE_bookedbarber-exporter");
 
+/// The exporter binary the tests run: this build, or `BBX_EXPORTER_BIN`
+/// (to show that a test fails against an older build).
+pub fn exporter_bin() -> PathBuf {
+    std::env::var_os("BBX_EXPORTER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(EXPORTER))
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -176,19 +184,23 @@ impl Exporter {
 
     /// Starts the exporter; on failure returns what it logged.
     pub fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<Exporter, String> {
-        let mut cmd = Command::new(EXPORTER);
-        cmd.args([
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--log.level",
-            "debug",
-        ])
-        .args(args)
-        .env_remove("BOOKEDBARBER_POSTGRES_DSN")
-        .env_remove("BOOKEDBARBER_REDIS_URL")
-        .env_remove("BOOKEDBARBER_BUSINESS_QUERIES")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        Self::try_start_on("127.0.0.1:0", args, env)
+    }
+
+    /// Starts the exporter on `listen` (`--web.listen-address`).
+    pub fn try_start_on(
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Exporter, String> {
+        let mut cmd = Command::new(exporter_bin());
+        cmd.args(["--web.listen-address", listen, "--log.level", "debug"])
+            .args(args)
+            .env_remove("BOOKEDBARBER_POSTGRES_DSN")
+            .env_remove("BOOKEDBARBER_REDIS_URL")
+            .env_remove("BOOKEDBARBER_BUSINESS_QUERIES")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -485,28 +497,28 @@ pub fn fast_builtin_queries(dir: &Path, timeout: &str) -> PathBuf {
     path
 }
 
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (Debian package openssl) is needed to make test certificates");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+/// A new 2048-bit key and a certificate valid for a day.
+const NEW_CERT: [&str; 7] = [
+    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+];
+
 /// A throwaway CA and a server certificate for 127.0.0.1 signed by it;
 /// returns (CA certificate, server certificate, server key).
-pub fn certificates(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let p = |name: &str| dir.join(name);
-    let openssl = |args: &[&str]| {
-        let status = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl (Debian package openssl) is needed to make test certificates");
-        assert!(status.success(), "openssl {args:?}");
-    };
-    // A new 2048-bit key and a certificate valid for a day.
-    let new_cert = [
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-    ];
+pub fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     openssl(
+        dir,
         &[
-            &new_cert[..],
+            &NEW_CERT[..],
             &[
                 "-subj",
                 "/CN=test CA",
@@ -518,22 +530,51 @@ pub fn certificates(
         ]
         .concat(),
     );
-    openssl(
+    let (cert, key) = server_certificate(dir, "server");
+    (dir.join("ca.crt"), cert, key)
+}
+
+/// Another server certificate for 127.0.0.1 from the CA in `dir` (made by
+/// `certificates`): `<name>.crt` and `<name>.key`.
+pub fn server_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    signed_certificate(
+        dir,
+        name,
+        "/CN=localhost",
         &[
-            &new_cert[..],
-            &[
-                "-subj",
-                "/CN=localhost",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-            ],
-            &["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-            &["-addext", "basicConstraints=critical,CA:FALSE"],
-            &["-keyout", "server.key", "-out", "server.crt"],
-        ]
-        .concat(),
-    );
-    (p("ca.crt"), p("server.crt"), p("server.key"))
+            "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost",
+            "extendedKeyUsage=serverAuth",
+        ],
+    )
+}
+
+/// A client certificate from the CA in `dir` (made by `certificates`):
+/// `<name>.crt` and `<name>.key`.
+pub fn client_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    signed_certificate(
+        dir,
+        name,
+        &format!("/CN={name}"),
+        &["extendedKeyUsage=clientAuth"],
+    )
+}
+
+fn signed_certificate(dir: &Path, name: &str, subject: &str, ext: &[&str]) -> (PathBuf, PathBuf) {
+    let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
+    let mut args: Vec<&str> = NEW_CERT.to_vec();
+    args.extend(["-subj", subject, "-CA", "ca.crt", "-CAkey", "ca.key"]);
+    args.extend(["-addext", "basicConstraints=critical,CA:FALSE"]);
+    for e in ext {
+        args.extend(["-addext", e]);
+    }
+    args.extend(["-keyout", &key, "-out", &crt]);
+    openssl(dir, &args);
+    (dir.join(crt), dir.join(key))
+}
+
+/// A reqwest identity (certificate and key) for mutual TLS.
+pub fn identity(cert: &Path, key: &Path) -> reqwest::Identity {
+    let mut pem = std::fs::read(cert).unwrap();
+    pem.extend(std::fs::read(key).unwrap());
+    reqwest::Identity::from_pem(&pem).unwrap()
 }
