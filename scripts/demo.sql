@@ -146,6 +146,11 @@ BEGIN
         WHERE id = (SELECT id FROM appointments WHERE status IN ('scheduled', 'confirmed') ORDER BY random() LIMIT 1);
     END IF;
 
+    IF random() < 0.3 THEN
+        INSERT INTO guest_bookings (status, payment_status, service_price, deposit_amount, created_at)
+        VALUES ('pending', 'pending', 30 + (random() * 30)::int, 10, demo_now());
+    END IF;
+
     IF random() < 0.2 THEN
         INSERT INTO users (email, role, unified_role, created_at)
         VALUES ('signup-' || gen_random_uuid() || '@demo.bookedbarber.test', 'client', 'client', demo_now());

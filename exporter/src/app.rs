@@ -2,12 +2,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sqlx::postgres::PgConnectOptions;
 use tracing::{info, warn};
 
-use crate::business::{BusinessQuerySource, QueryFile};
+use crate::business::{collector_name, BusinessHealth, BusinessQuerySource, QueryFile};
 use crate::celery_events::{self, EventHub, EventLimits};
 use crate::celery_queues::{CeleryQueueSource, QueueConfig};
 use crate::cli::Cli;
@@ -87,7 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut slots = Vec::new();
     let mut live: Vec<Arc<dyn LiveFamilies>> = Vec::new();
     match postgres_options {
-        Some(options) => start_postgres(&cli, options, queries, &mut slots),
+        Some(options) => start_postgres(&cli, options, queries, &mut slots, &mut live),
         None => warn!("{POSTGRES_DSN_ENV} and --postgres.dsn-file are unset: PostgreSQL and business collectors are disabled"),
     }
     match redis_target {
@@ -116,42 +117,62 @@ fn start_postgres(
     options: PgConnectOptions,
     queries: Option<QueryFile>,
     slots: &mut Vec<Arc<CollectorSlot>>,
+    live: &mut Vec<Arc<dyn LiveFamilies>>,
 ) {
     let target = PostgresConfig::describe(&options);
-    let longest_query = queries
-        .as_ref()
-        .map(QueryFile::longest_timeout)
-        .unwrap_or_default();
-    let pool = PostgresConfig {
-        options,
-        max_connections: cli.postgres_max_connections,
-        statement_timeout: cli.postgres_timeout.max(longest_query),
-        // Waiting for a pooled connection is part of a collection's own
-        // time limit, so it may wait as long as the longest one.
-        acquire_timeout: cli.postgres_timeout.max(longest_query),
+    // A connection of its own for the PostgreSQL collector: business queries
+    // that are slow or blocked by a lock must not turn pg_up to 0.
+    let infra_pool = PostgresConfig {
+        options: options.clone(),
+        max_connections: 1,
+        statement_timeout: cli.postgres_timeout,
+        acquire_timeout: cli.postgres_timeout,
     }
     .pool();
-    let schedule = Schedule {
-        interval: cli.postgres_interval,
-        timeout: cli.postgres_timeout,
-    };
     slots.push(runner::start(
         "postgres",
-        PostgresSource::new(pool.clone()),
-        schedule,
+        PostgresSource::new(infra_pool),
+        Schedule {
+            interval: cli.postgres_interval,
+            timeout: cli.postgres_timeout,
+        },
     ));
     info!(%target, interval = ?cli.postgres_interval, "PostgreSQL collector enabled");
-    if let Some(file) = queries {
-        info!(%target, queries = file.queries.len(), "business collectors enabled");
-        for query in file.queries {
-            let name = format!("business_{}", query.name);
-            let schedule = query.schedule;
-            slots.push(runner::start(
-                name,
-                BusinessQuerySource::new(query, pool.clone()),
-                schedule,
-            ));
-        }
+    let Some(file) = queries else { return };
+    let longest_query = file.longest_timeout();
+    let business_pool = PostgresConfig {
+        options,
+        max_connections: cli.postgres_max_connections - 1,
+        // Each query sets its own limit before it runs; this only covers a
+        // connection's first statement.
+        statement_timeout: longest_query,
+        // Waiting for a pooled connection is part of a query's own time
+        // limit, so it may wait as long as the longest one.
+        acquire_timeout: longest_query,
+    }
+    .pool();
+    let health = BusinessHealth::new(&file);
+    live.push(health.clone());
+    info!(%target, queries = file.queries.len(), connections = cli.postgres_max_connections - 1,
+          "business collectors enabled");
+    let count = file.queries.len().max(1) as u32;
+    for (i, query) in file.queries.into_iter().enumerate() {
+        let schedule = query.schedule;
+        // Spread the first runs over up to a second per query (and never
+        // more than the interval), so the queries do not all queue for the
+        // pool at the same instant, nor stay aligned afterwards.
+        let spread = (schedule.interval / count).min(Duration::from_secs(1));
+        slots.push(runner::start_after(
+            collector_name(&query),
+            BusinessQuerySource::new(
+                query,
+                business_pool.clone(),
+                cli.business_max_series,
+                health.clone(),
+            ),
+            schedule,
+            spread * i as u32,
+        ));
     }
 }
 

@@ -594,13 +594,11 @@ impl EventState {
                     family.push([("name", name), ("queue", queue)], **n as f64);
                 }
             } else {
+                // Every outcome is listed, at 0 until it happens, from a
+                // name's first event: the first failure after a restart is
+                // then an increase, not a new series that rate() ignores.
                 for name in &names {
-                    let n = self.counters[*name][event.index()];
-                    // Received is listed at 0 too, so rates never start
-                    // from a missing series; rarer outcomes once they occur.
-                    if n > 0 || event == TaskEvent::Received {
-                        family.push([("name", name)], n as f64);
-                    }
+                    family.push([("name", name)], self.counters[*name][event.index()] as f64);
                 }
             }
             out.push(family);
@@ -617,13 +615,14 @@ impl EventState {
                 &self.wait,
             ),
         ] {
+            // Like the counters, listed (empty) from a name's first event.
             let mut family = Family::new(metric, help, Kind::Histogram);
-            let mut names: Vec<&Arc<str>> = histograms.keys().collect();
-            names.sort();
-            for name in names {
+            for name in &names {
                 family.samples.push(Sample {
                     labels: vec![("name".into(), name.to_string())],
-                    value: histograms[name].value(),
+                    value: histograms
+                        .get(*name)
+                        .map_or_else(|| Histogram::default().value(), Histogram::value),
                 });
             }
             out.push(family);
@@ -965,6 +964,32 @@ mod tests {
                 ignored: 0
             }
         );
+    }
+
+    #[test]
+    fn every_outcome_exists_at_zero_from_a_names_first_event() {
+        let mut s = state();
+        let now = Instant::now();
+        feed(&mut s, &["event-task-sent.json"], now);
+        let f = s.families(now);
+        for (_, metric, _) in TASK_EVENTS.iter().skip(1) {
+            let value = find(&f, metric).and_then(|f| f.value_of(&[("name", "tasks.notify")]));
+            assert_eq!(value, Some(0.0), "{metric}");
+        }
+        for metric in ["celery_task_runtime_seconds", "celery_task_wait_seconds"] {
+            let h = find(&f, metric).unwrap();
+            assert!(
+                matches!(
+                    &h.samples[..],
+                    [Sample {
+                        value: Value::Histogram { count: 0, .. },
+                        ..
+                    }]
+                ),
+                "{metric}: {:?}",
+                h.samples
+            );
+        }
     }
 
     #[test]

@@ -53,16 +53,24 @@ pub struct Cli {
     #[arg(long = "postgres.timeout", default_value = "5s", value_parser = parse_duration)]
     pub postgres_timeout: Duration,
 
-    /// Connections the exporter may open to PostgreSQL (shared by the
-    /// PostgreSQL and business collectors).
+    /// Connections the exporter may open to PostgreSQL in all: one is the
+    /// PostgreSQL collector's own, the others are shared by the business
+    /// queries.
     #[arg(long = "postgres.max-connections", default_value_t = 3,
-          value_parser = clap::value_parser!(u32).range(1..=20))]
+          value_parser = clap::value_parser!(u32).range(2..=20))]
     pub postgres_max_connections: u32,
 
     /// Business query file (TOML). The shipped BookedBarber queries are used
     /// when unset.
     #[arg(long = "business.queries", env = "BOOKEDBARBER_BUSINESS_QUERIES")]
     pub business_queries: Option<PathBuf>,
+
+    /// Rows of one business query turned into series; further rows are
+    /// dropped and counted in bookedbarber_exporter_series_dropped. A query
+    /// file's `max_series` overrides it.
+    #[arg(long = "business.max-series", default_value_t = crate::business::DEFAULT_MAX_SERIES,
+          value_parser = parse_positive)]
+    pub business_max_series: usize,
 
     /// Collect the business metrics (bookings, payments, users).
     #[arg(long = "business.enabled", env = "BOOKEDBARBER_BUSINESS_ENABLED",
@@ -231,6 +239,13 @@ fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
     full.parse().map_err(|_| {
         format!("expected host:port or :port, such as 127.0.0.1:{DEFAULT_PORT} or :{DEFAULT_PORT}")
     })
+}
+
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{text:?} is not a positive whole number")),
+    }
 }
 
 fn parse_path(text: &str) -> Result<String, String> {

@@ -59,7 +59,7 @@ impl Exposition {
             .collect()
     }
 
-    fn self_metrics(&self) -> [Family; 4] {
+    fn self_metrics(&self) -> [Family; 5] {
         let mut up = Family::gauge(
             "bookedbarber_exporter_collector_up",
             "1 if the collector's last collection succeeded, 0 if it failed.",
@@ -76,20 +76,32 @@ impl Exposition {
             "bookedbarber_exporter_collector_last_success_timestamp_seconds",
             "Unix time of the collector's last successful collection.",
         );
+        let mut decreases = Family::counter(
+            "bookedbarber_exporter_source_decreases_total",
+            "Times a counter's source value went down (business rows deleted, flagged as test data or corrected; a server restart or statistics reset) and the exporter continued it from its previous value instead.",
+        );
         for slot in &self.slots {
             let state = slot.state();
+            let label = [("collector", slot.name.as_str())];
+            // The error counter exists at 0 from the start, so the first
+            // failure is an increase; the gauges wait for a first result.
+            errors.push(label, state.errors_total as f64);
             if !state.has_run {
                 continue;
             }
-            let label = [("collector", slot.name.as_str())];
             up.push(label, if state.up { 1.0 } else { 0.0 });
             duration.push(label, state.last_duration_seconds);
-            errors.push(label, state.errors_total as f64);
             if let Some(ts) = state.last_success_unix_seconds {
                 last_success.push(label, ts);
             }
+            for (metric, n) in state.source_decreases.iter() {
+                decreases.push(
+                    [("collector", slot.name.as_str()), ("metric", metric)],
+                    *n as f64,
+                );
+            }
         }
-        [up, duration, errors, last_success]
+        [up, duration, errors, last_success, decreases]
     }
 }
 

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod exposition;
 pub mod http;
 pub mod logging;
+pub mod monotonic;
 pub mod postgres;
 pub mod process;
 pub mod redis_conn;

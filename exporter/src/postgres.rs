@@ -2,11 +2,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Row};
 use thiserror::Error;
+use tracing::{info, warn};
 
 use crate::runner::Source;
 use crate::snapshot::Family;
@@ -19,12 +21,14 @@ pub enum PostgresError {
     Query(#[from] sqlx::Error),
 }
 
-/// Connection settings shared by the PostgreSQL and business collectors.
+/// Settings of one connection pool (the PostgreSQL collector has one of its
+/// own, the business collectors share another).
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
     pub options: PgConnectOptions,
     pub max_connections: u32,
-    /// Applied as `statement_timeout` on every connection.
+    /// Applied as `statement_timeout` on every connection (the business
+    /// collectors lower it per query).
     pub statement_timeout: Duration,
     pub acquire_timeout: Duration,
 }
@@ -122,6 +126,8 @@ SELECT d.datname, l.mode, count(*)::float8 AS locks
 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
 GROUP BY d.datname, l.mode";
 
+// pg_read_all_stats (part of pg_monitor; superusers have it too) is what
+// lets pg_stat_activity show other roles' sessions.
 const SERVER_SQL: &str = "\
 SELECT current_setting('max_connections')::float8 AS max_connections,
        current_setting('superuser_reserved_connections')::float8 AS reserved_connections,
@@ -129,7 +135,8 @@ SELECT current_setting('max_connections')::float8 AS max_connections,
        CASE WHEN NOT pg_is_in_recovery()
               OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
             ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)
-       END::float8 AS replication_lag";
+       END::float8 AS replication_lag,
+       pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS sees_all_sessions";
 
 /// What one collection read, before it becomes metric families.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -141,6 +148,9 @@ pub struct PostgresReading {
     pub reserved_connections: f64,
     pub in_recovery: bool,
     pub replication_lag_seconds: f64,
+    /// False when the role lacks pg_monitor: pg_stat_activity then shows
+    /// only the exporter's own sessions.
+    pub sees_all_sessions: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -164,11 +174,39 @@ pub struct ConnectionGroup {
 
 pub struct PostgresSource {
     pool: PgPool,
+    /// Whether the last collection saw every session, to log changes once.
+    saw_all_sessions: AtomicU8,
 }
 
+const UNKNOWN: u8 = 0;
+const SEES_ALL: u8 = 1;
+const SEES_OWN: u8 = 2;
+
 impl PostgresSource {
+    /// `pool` should be the PostgreSQL collector's own, so that slow
+    /// business queries never leave it without a connection.
     pub fn new(pool: PgPool) -> Self {
-        PostgresSource { pool }
+        PostgresSource {
+            pool,
+            saw_all_sessions: AtomicU8::new(UNKNOWN),
+        }
+    }
+
+    fn note_visibility(&self, sees_all: bool) {
+        let now = if sees_all { SEES_ALL } else { SEES_OWN };
+        let before = self.saw_all_sessions.swap(now, Ordering::Relaxed);
+        if before == now || (before == UNKNOWN && sees_all) {
+            return;
+        }
+        if sees_all {
+            info!("the exporter's PostgreSQL role can now see every session (pg_monitor)");
+        } else {
+            warn!(
+                "the exporter's PostgreSQL role lacks pg_monitor: pg_connections and \
+                 pg_longest_transaction_seconds count only its own sessions; \
+                 run GRANT pg_monitor TO <role>"
+            );
+        }
     }
 
     async fn read(&self) -> Result<PostgresReading, sqlx::Error> {
@@ -217,6 +255,7 @@ impl PostgresSource {
             reserved_connections: server.try_get(1)?,
             in_recovery: server.try_get(2)?,
             replication_lag_seconds: server.try_get(3)?,
+            sees_all_sessions: server.try_get(4)?,
         })
     }
 }
@@ -225,7 +264,9 @@ impl Source for PostgresSource {
     type Error = PostgresError;
 
     async fn collect(&self) -> Result<Vec<Family>, PostgresError> {
-        Ok(families(&self.read().await?))
+        let reading = self.read().await?;
+        self.note_visibility(reading.sees_all_sessions);
+        Ok(families(&reading))
     }
 
     fn failure_families(&self) -> Vec<Family> {
@@ -358,6 +399,11 @@ pub fn families(reading: &PostgresReading) -> Vec<Family> {
             "On a replica, seconds since the last replayed transaction when replay is behind; 0 on a primary or a caught-up replica.",
         )
         .with_value(reading.replication_lag_seconds),
+        Family::gauge(
+            "bookedbarber_exporter_postgres_pg_monitor",
+            "1 if the exporter's PostgreSQL role can see every session (pg_monitor, or superuser); 0 if pg_connections and pg_longest_transaction_seconds count only its own sessions.",
+        )
+        .with_value(if reading.sees_all_sessions { 1.0 } else { 0.0 }),
     ]
 }
 
@@ -400,6 +446,7 @@ mod tests {
             reserved_connections: 3.0,
             in_recovery: false,
             replication_lag_seconds: 0.0,
+            sees_all_sessions: true,
         }
     }
 

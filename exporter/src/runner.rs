@@ -5,6 +5,7 @@
 //! swaps the result into a [`CollectorSlot`] that `/metrics` reads without
 //! waiting on anything.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use tracing::{info, warn};
 
-use crate::snapshot::Family;
+use crate::monotonic::{CounterPolicy, Decrease, MonotonicCounters};
+use crate::snapshot::{Family, Kind, Name};
 
 /// Something that can be collected on a schedule.
 pub trait Source: Send + Sync + 'static {
@@ -24,6 +26,11 @@ pub trait Source: Send + Sync + 'static {
     /// What to serve while the source fails, such as `pg_up 0`.
     fn failure_families(&self) -> Vec<Family> {
         Vec::new()
+    }
+
+    /// How the runner keeps this source's counters from going down.
+    fn counter_policy(&self) -> CounterPolicy {
+        CounterPolicy::default()
     }
 }
 
@@ -60,6 +67,9 @@ pub struct SlotState {
     pub last_duration_seconds: f64,
     pub errors_total: u64,
     pub last_success_unix_seconds: Option<f64>,
+    /// Per counter metric the source has served: drops of its source value
+    /// that the runner absorbed.
+    pub source_decreases: Arc<BTreeMap<Name, u64>>,
 }
 
 #[derive(Debug)]
@@ -99,14 +109,30 @@ pub fn start<S: Source>(
     source: S,
     schedule: Schedule,
 ) -> Arc<CollectorSlot> {
+    start_after(name, source, schedule, Duration::ZERO)
+}
+
+/// Like [`start`], with the first collection `delay` later: collectors
+/// sharing a server are spread out rather than all starting at once.
+pub fn start_after<S: Source>(
+    name: impl Into<String>,
+    source: S,
+    schedule: Schedule,
+    delay: Duration,
+) -> Arc<CollectorSlot> {
     let slot = CollectorSlot::new(name);
-    tokio::spawn(run(source, slot.clone(), schedule));
+    let running = slot.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        run(source, running, schedule).await
+    });
     slot
 }
 
 async fn run<S: Source>(source: S, slot: Arc<CollectorSlot>, schedule: Schedule) {
     let mut failures: u32 = 0;
     let mut last_error = String::new();
+    let mut counters = MonotonicCounters::new(source.counter_policy());
     loop {
         let started = Instant::now();
         let outcome = tokio::time::timeout(schedule.timeout, source.collect()).await;
@@ -118,12 +144,19 @@ async fn run<S: Source>(source: S, slot: Arc<CollectorSlot>, schedule: Schedule)
             Err(_) => Err(format!("timed out after {:?}", schedule.timeout)),
         };
         match result {
-            Ok(families) => {
+            Ok(mut families) => {
                 if failures > 0 {
                     info!(collector = %slot.name, after_failures = failures, "collector recovered");
                 }
                 failures = 0;
                 last_error.clear();
+                let decreases = counters.apply(&mut families);
+                let source_decreases = count_decreases(
+                    &slot.name,
+                    &previous.source_decreases,
+                    &families,
+                    &decreases,
+                );
                 slot.publish(SlotState {
                     families: Arc::new(families),
                     has_run: true,
@@ -131,6 +164,7 @@ async fn run<S: Source>(source: S, slot: Arc<CollectorSlot>, schedule: Schedule)
                     last_duration_seconds: duration,
                     errors_total: previous.errors_total,
                     last_success_unix_seconds: Some(unix_now()),
+                    source_decreases,
                 });
             }
             Err(error) => {
@@ -148,11 +182,50 @@ async fn run<S: Source>(source: S, slot: Arc<CollectorSlot>, schedule: Schedule)
                     last_duration_seconds: duration,
                     errors_total: previous.errors_total + 1,
                     last_success_unix_seconds: previous.last_success_unix_seconds,
+                    source_decreases: previous.source_decreases.clone(),
                 });
             }
         }
         tokio::time::sleep_until((started + schedule.retry_delay(failures)).into()).await;
     }
+}
+
+/// The drop counts after one collection: every counter served so far, at 0
+/// until its source first goes down. The first drop of each is logged.
+fn count_decreases(
+    collector: &str,
+    before: &Arc<BTreeMap<Name, u64>>,
+    families: &[Family],
+    decreases: &[Decrease],
+) -> Arc<BTreeMap<Name, u64>> {
+    let new_counter = families
+        .iter()
+        .any(|f| f.kind == Kind::Counter && !before.contains_key(&f.name));
+    if decreases.is_empty() && !new_counter {
+        return before.clone();
+    }
+    let mut counts = (**before).clone();
+    for family in families.iter().filter(|f| f.kind == Kind::Counter) {
+        counts.entry(family.name.clone()).or_insert(0);
+    }
+    for d in decreases {
+        let count = counts.entry(d.metric.clone().into()).or_insert(0);
+        if *count == 0 {
+            warn!(
+                collector,
+                metric = %d.metric,
+                labels = ?d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+                from = d.from,
+                to = d.to,
+                "a counter's source value went down (rows deleted, flagged or corrected; \
+                 a server restart or statistics reset); it continues from its previous value \
+                 and later growth still counts; further drops are only counted in \
+                 bookedbarber_exporter_source_decreases_total"
+            );
+        }
+        *count += 1;
+    }
+    Arc::new(counts)
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@ const WAIT: Duration = Duration::from_secs(15);
 #[derive(Debug, Default, PartialEq)]
 struct Truth {
     appointments: BTreeMap<String, f64>,
-    created_by_channel: BTreeMap<String, f64>,
+    appointments_created: f64,
+    guest_bookings_created: f64,
     payments: BTreeMap<String, f64>,
     payments_created: f64,
     captured_usd: f64,
@@ -49,24 +50,24 @@ async fn truth(db: &TestDb) -> Truth {
                 .or_default() += 1.0;
         }
     }
-    let appts = sqlx::query("SELECT id, status, user_id, is_test_data FROM appointments")
+    let appts = sqlx::query("SELECT id, status, is_test_data FROM appointments")
         .fetch_all(&db.pool)
         .await
         .unwrap();
     let mut test_appts = std::collections::HashSet::new();
     for a in &appts {
-        if a.get::<bool, _>(3) {
+        if a.get::<bool, _>(2) {
             test_appts.insert(a.get::<i32, _>(0));
             continue;
         }
         *t.appointments.entry(a.get(1)).or_default() += 1.0;
-        let channel = if a.get::<Option<i32>, _>(2).is_some() {
-            "registered"
-        } else {
-            "guest"
-        };
-        *t.created_by_channel.entry(channel.into()).or_default() += 1.0;
+        t.appointments_created += 1.0;
     }
+    t.guest_bookings_created = sqlx::query("SELECT id FROM guest_bookings")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .len() as f64;
     let payments = sqlx::query(
         "SELECT status, amount, refund_amount, platform_fee, appointment_id, user_id FROM payments",
     )
@@ -108,7 +109,8 @@ fn observed(m: &Metrics) -> Truth {
     let one = |name: &str| m.get(name, &[]).unwrap_or(f64::NAN);
     Truth {
         appointments: m.by_label("bookedbarber_appointments", "status"),
-        created_by_channel: m.by_label("bookedbarber_appointments_created_total", "channel"),
+        appointments_created: one("bookedbarber_appointments_created_total"),
+        guest_bookings_created: one("bookedbarber_guest_bookings_created_total"),
         payments: m.by_label("bookedbarber_payments", "status"),
         payments_created: one("bookedbarber_payments_created_total"),
         captured_usd: one("bookedbarber_payments_captured_usd_total"),
@@ -125,7 +127,8 @@ fn observed(m: &Metrics) -> Truth {
 fn same(a: &Truth, b: &Truth) -> bool {
     let close = |x: f64, y: f64| (x - y).abs() <= 1e-6 * x.abs().max(1.0);
     a.appointments == b.appointments
-        && a.created_by_channel == b.created_by_channel
+        && a.appointments_created == b.appointments_created
+        && a.guest_bookings_created == b.guest_bookings_created
         && a.payments == b.payments
         && a.users == b.users
         && a.payouts == b.payouts
@@ -154,7 +157,7 @@ async fn business_metrics_equal_the_truth_and_follow_changes() {
     let password = "Sup3r-S3cret-pw";
     let dsn = format!("postgres://{role}:{password}@127.0.0.1:5432/{}", db.name);
     let dir = tempfile::tempdir().unwrap();
-    let queries = fast_builtin_queries(dir.path());
+    let queries = fast_builtin_queries(dir.path(), "10s");
     let exporter = Exporter::start(
         &[
             "--business.queries",
@@ -181,6 +184,23 @@ async fn business_metrics_equal_the_truth_and_follow_changes() {
         .get("bookedbarber_appointment_pending_oldest_age_seconds", &[])
         .is_some());
     assert_eq!(m.get("pg_up", &[]), Some(1.0));
+    assert_eq!(
+        m.get("bookedbarber_exporter_postgres_pg_monitor", &[]),
+        Some(1.0),
+        "the documented role has pg_monitor"
+    );
+    // Money is summed as numeric and rounded to cents.
+    for name in [
+        "bookedbarber_payments_captured_usd_total",
+        "bookedbarber_refunds_usd_total",
+        "bookedbarber_platform_fees_usd_total",
+    ] {
+        let cents = m.get(name, &[]).unwrap() * 100.0;
+        assert!(
+            (cents - cents.round()).abs() < 1e-6,
+            "{name} = {cents} cents"
+        );
+    }
     for (labels, up) in m.family("bookedbarber_exporter_collector_up") {
         assert_eq!(
             up,

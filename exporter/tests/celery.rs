@@ -64,21 +64,23 @@ async fn scripted_workload_counters_equal_the_ground_truth() {
         "failed",
         "retried",
         "revoked",
+        "rejected",
+        "cancelled",
     ];
-    // task-sent carries the queue; the worker's events only the task.
+    // task-sent carries the queue; the worker's events only the task. Every
+    // counter exists for every name, at 0 where nothing happened (the
+    // workload never rejects or cancels).
     let matches = |m: &Metrics| {
         truth.iter().all(|(name, row)| {
             let queue = row["queue"].as_str().unwrap();
             events.iter().all(|e| {
-                let want = row[*e].as_f64().unwrap();
+                let want = row.get(*e).map_or(0.0, |v| v.as_f64().unwrap());
                 let labels: &[(&str, &str)] = if *e == "sent" {
                     &[("name", name), ("queue", queue)]
                 } else {
                     &[("name", name)]
                 };
-                m.get(&format!("celery_task_{e}_total"), labels)
-                    .unwrap_or(0.0)
-                    == want
+                m.get(&format!("celery_task_{e}_total"), labels) == Some(want)
             })
         })
     };
@@ -369,6 +371,15 @@ async fn redis_restart_turns_up_off_and_on_and_events_flow_again() {
             m.get("redis_up", &[]) == Some(1.0) && m.get("celery_event_stream_up", &[]) == Some(1.0)
         })
         .await;
+    // Enough commands that the restarted server's count starts far below.
+    let mut conn = redis.connection(0).await;
+    for _ in 0..2000 {
+        let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    }
+    let commands = |m: &Metrics| m.get("redis_commands_processed_total", &[]).unwrap();
+    let before = exporter
+        .wait_for("the commands to be counted", WAIT, |m| commands(m) > 2000.0)
+        .await;
 
     redis.kill();
     let m = exporter
@@ -386,6 +397,25 @@ async fn redis_restart_turns_up_off_and_on_and_events_flow_again() {
         })
         .await;
     assert!(m.get("celery_event_stream_reconnects_total", &[]).unwrap() >= 1.0);
+    // The new server counts its commands from 0; the counter continues
+    // from where it was instead of going down.
+    assert!(
+        commands(&m) >= commands(&before),
+        "redis_commands_processed_total went down across the restart: {} -> {}",
+        commands(&before),
+        commands(&m)
+    );
+    assert!(
+        m.get(
+            "bookedbarber_exporter_source_decreases_total",
+            &[
+                ("collector", "redis"),
+                ("metric", "redis_commands_processed_total")
+            ]
+        )
+        .unwrap()
+            >= 1.0
+    );
 
     let mut conn = redis.connection(0).await;
     for i in 0..5 {

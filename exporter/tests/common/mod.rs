@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod celery;
+pub mod prometheus;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -110,7 +111,7 @@ impl TestDb {
              GRANT pg_monitor TO {role};
              GRANT CONNECT ON DATABASE \"{db}\" TO {role};
              GRANT USAGE ON SCHEMA public TO {role};
-             GRANT SELECT ON users, appointments, payments, payouts TO {role};",
+             GRANT SELECT ON users, appointments, payments, payouts, guest_bookings TO {role};",
             db = self.name
         ))
         .await;
@@ -466,15 +467,18 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
 }
 
 /// The built-in query file with every interval shortened, so tests see
-/// changes within a second or two.
-pub fn fast_builtin_queries(dir: &Path) -> PathBuf {
+/// changes within a second or two, and every query's time limit `timeout`.
+pub fn fast_builtin_queries(dir: &Path, timeout: &str) -> PathBuf {
     let text = std::fs::read_to_string(repo_root().join("config/business-queries.toml")).unwrap();
     let fast: String = text
         .lines()
-        .filter(|l| !l.starts_with("interval = "))
+        .filter(|l| !l.starts_with("interval = ") && !l.starts_with("timeout = "))
         .map(|l| format!("{l}\n"))
         .collect::<String>()
-        .replace("[defaults]\n", "[defaults]\ninterval = \"1s\"\n");
+        .replace(
+            "[defaults]\n",
+            &format!("[defaults]\ninterval = \"1s\"\ntimeout = \"{timeout}\"\n"),
+        );
     let path = dir.join("fast-queries.toml");
     std::fs::write(&path, fast).unwrap();
     path

@@ -1,26 +1,20 @@
-//! BookedBarber business metrics: SQL queries from a TOML file, each run on
-//! its own schedule and turned into metric families.
-//!
-//! The shipped queries live in `config/business-queries.toml`; operators can
-//! point `--business.queries` at their own file to add or change metrics
-//! without recompiling.
+//! The business query file: TOML parsed and checked into [`QueryFile`], with
+//! every error naming the file, the line and the key.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Column, Row, TypeInfo, ValueRef};
 use thiserror::Error;
 use toml::Spanned;
 
 use crate::cli::parse_duration;
-use crate::runner::{Schedule, Source};
-use crate::snapshot::{Family, Kind, Sample, Value};
+use crate::runner::Schedule;
+use crate::snapshot::Kind;
 
 /// The BookedBarber queries shipped with the exporter.
-pub const DEFAULT_QUERIES: &str = include_str!("../../config/business-queries.toml");
+pub const DEFAULT_QUERIES: &str = include_str!("../../../config/business-queries.toml");
 pub const DEFAULT_QUERIES_NAME: &str = "config/business-queries.toml (built in)";
 
 /// Prefixes of the built-in collectors' metrics, which a query may not use.
@@ -43,14 +37,6 @@ pub enum ConfigError {
     Invalid { file: String, message: String },
 }
 
-#[derive(Debug, Error)]
-pub enum QueryError {
-    #[error("{0}")]
-    Database(#[from] sqlx::Error),
-    #[error("{0}")]
-    Rows(String),
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -65,6 +51,7 @@ struct RawFile {
 struct RawDefaults {
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    max_series: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +61,7 @@ struct RawQuery {
     sql: String,
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    max_series: Option<Spanned<i64>>,
     metric: Vec<RawMetric>,
 }
 
@@ -99,6 +87,9 @@ pub struct QueryDef {
     pub name: String,
     pub sql: String,
     pub schedule: Schedule,
+    /// Rows of the result turned into series; the rest are counted and
+    /// dropped. `None` takes `--business.max-series`.
+    pub max_series: Option<usize>,
     pub metrics: Vec<MetricDef>,
 }
 
@@ -153,6 +144,16 @@ impl QueryFile {
             DEFAULT_INTERVAL,
         )?;
         let default_timeout = duration(&raw.defaults.timeout, "defaults.timeout", DEFAULT_TIMEOUT)?;
+        let count = |value: &Option<Spanned<i64>>, key: &str| match value {
+            None => Ok(None),
+            Some(v) if *v.get_ref() >= 1 => Ok(Some(*v.get_ref() as usize)),
+            Some(v) => Err(at(
+                v.span(),
+                key,
+                format!("{} is not a positive number", v.get_ref()),
+            )),
+        };
+        let default_max_series = count(&raw.defaults.max_series, "defaults.max_series")?;
 
         let mut query_names = HashSet::new();
         let mut metric_names = HashSet::new();
@@ -173,6 +174,7 @@ impl QueryFile {
             }
             let interval = duration(&q.interval, "query.interval", default_interval)?;
             let timeout = duration(&q.timeout, "query.timeout", default_timeout)?;
+            let max_series = count(&q.max_series, "query.max_series")?.or(default_max_series);
             if q.sql.trim().is_empty() {
                 return Err(at(
                     q.name.span(),
@@ -285,6 +287,7 @@ impl QueryFile {
                 name,
                 sql: q.sql,
                 schedule: Schedule { interval, timeout },
+                max_series,
                 metrics,
             });
         }
@@ -322,140 +325,15 @@ fn is_valid_label_name(name: &str) -> bool {
         && !name.starts_with("__")
 }
 
-/// One cell of a result row, reduced to what metrics need.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
-    Null,
-    Number(f64),
-    Text(String),
-}
-
-/// A result row as column name and cell, in column order.
-pub type ResultRow = Vec<(String, Cell)>;
-
-/// Turns a query's rows into its metric families. Rows whose value is NULL
-/// are skipped; a NULL label becomes the empty string.
-pub fn families_from_rows(query: &QueryDef, rows: &[ResultRow]) -> Result<Vec<Family>, String> {
-    let mut out = Vec::with_capacity(query.metrics.len());
-    for metric in &query.metrics {
-        let mut family = Family::new(metric.name.clone(), metric.help.clone(), metric.kind);
-        let mut seen = HashSet::new();
-        for row in rows {
-            let cell = |column: &str| {
-                row.iter()
-                    .find(|(name, _)| name == column)
-                    .map(|(_, c)| c)
-                    .ok_or_else(|| {
-                        let have: Vec<&str> = row.iter().map(|(n, _)| n.as_str()).collect();
-                        format!(
-                            "metric {}: the result has no column {column:?} (it has {have:?})",
-                            metric.name
-                        )
-                    })
-            };
-            let value = match cell(&metric.value_column)? {
-                Cell::Null => continue,
-                Cell::Number(n) => *n,
-                Cell::Text(t) => t.trim().parse::<f64>().map_err(|_| {
-                    format!(
-                        "metric {}: value column {:?} holds {t:?}, not a number",
-                        metric.name, metric.value_column
-                    )
-                })?,
-            };
-            let mut labels = Vec::with_capacity(metric.label_columns.len());
-            for column in &metric.label_columns {
-                let text = match cell(column)? {
-                    Cell::Null => String::new(),
-                    Cell::Number(n) => n.to_string(),
-                    Cell::Text(t) => t.clone(),
-                };
-                labels.push((column.clone().into(), text));
-            }
-            if !seen.insert(labels.clone()) {
-                return Err(format!(
-                    "metric {}: two rows have the same labels {labels:?}; group the query by every label column",
-                    metric.name
-                ));
-            }
-            family.samples.push(Sample {
-                labels,
-                value: Value::Number(value),
-            });
-        }
-        out.push(family);
-    }
-    Ok(out)
-}
-
-/// Reads a row into cells; numbers of any SQL numeric type become `f64`.
-fn read_row(row: &PgRow) -> Result<ResultRow, QueryError> {
-    let mut out = Vec::with_capacity(row.len());
-    for (i, column) in row.columns().iter().enumerate() {
-        let raw = row.try_get_raw(i)?;
-        let cell = if raw.is_null() {
-            Cell::Null
-        } else {
-            let type_name = raw.type_info().name().to_owned();
-            match type_name.as_str() {
-                "INT2" => Cell::Number(row.try_get::<i16, _>(i)? as f64),
-                "INT4" => Cell::Number(row.try_get::<i32, _>(i)? as f64),
-                "INT8" => Cell::Number(row.try_get::<i64, _>(i)? as f64),
-                "FLOAT4" => Cell::Number(row.try_get::<f32, _>(i)? as f64),
-                "FLOAT8" => Cell::Number(row.try_get::<f64, _>(i)?),
-                "NUMERIC" => {
-                    let d: rust_decimal::Decimal = row.try_get(i)?;
-                    Cell::Number(d.to_string().parse().unwrap_or(f64::NAN))
-                }
-                "BOOL" => Cell::Number(if row.try_get::<bool, _>(i)? { 1.0 } else { 0.0 }),
-                "TEXT" | "VARCHAR" | "NAME" | "BPCHAR" | "CHAR" => Cell::Text(row.try_get::<String, _>(i)?),
-                other => {
-                    return Err(QueryError::Rows(format!(
-                        "column {:?} has type {other}, which the exporter cannot read: cast it to float8 or text",
-                        column.name()
-                    )))
-                }
-            }
-        };
-        out.push((column.name().to_owned(), cell));
-    }
-    Ok(out)
-}
-
-pub struct BusinessQuerySource {
-    pub query: QueryDef,
-    pool: PgPool,
-}
-
-impl BusinessQuerySource {
-    pub fn new(query: QueryDef, pool: PgPool) -> Self {
-        BusinessQuerySource { query, pool }
-    }
-}
-
-impl Source for BusinessQuerySource {
-    type Error = QueryError;
-
-    async fn collect(&self) -> Result<Vec<Family>, QueryError> {
-        // The SQL comes from the operator's own query file, not from input
-        // the exporter receives: there is nothing to inject into.
-        let sql = sqlx::AssertSqlSafe(self.query.sql.as_str());
-        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
-        let rows = rows.iter().map(read_row).collect::<Result<Vec<_>, _>>()?;
-        families_from_rows(&self.query, &rows).map_err(QueryError::Rows)
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::snapshot::find;
 
     fn err(text: &str) -> String {
         QueryFile::parse(text, "q.toml").unwrap_err().to_string()
     }
 
-    const ONE: &str = r#"
+    pub(crate) const ONE: &str = r#"
 [[query]]
 name = "a"
 sql = "SELECT 1"
@@ -552,49 +430,5 @@ labels = ["kind"]
         assert!(
             err(&ONE.replace("help = \"Things.\"", "help = \" \"")).contains("needs a help text")
         );
-    }
-
-    fn row(kind: Option<&str>, n: Cell) -> ResultRow {
-        vec![
-            (
-                "kind".into(),
-                kind.map_or(Cell::Null, |k| Cell::Text(k.into())),
-            ),
-            ("n".into(), n),
-        ]
-    }
-
-    #[test]
-    fn rows_become_samples() {
-        let q = QueryFile::parse(ONE, "q").unwrap().queries.remove(0);
-        let rows = vec![
-            row(Some("x"), Cell::Number(2.0)),
-            row(None, Cell::Number(1.0)),
-            row(Some("skipped"), Cell::Null),
-            row(Some("text"), Cell::Text("4.5".into())),
-        ];
-        let fams = families_from_rows(&q, &rows).unwrap();
-        let f = find(&fams, "shop_things").unwrap();
-        assert_eq!(f.samples.len(), 3);
-        assert_eq!(f.value_of(&[("kind", "x")]), Some(2.0));
-        assert_eq!(f.value_of(&[("kind", "")]), Some(1.0));
-        assert_eq!(f.value_of(&[("kind", "text")]), Some(4.5));
-    }
-
-    #[test]
-    fn bad_rows_are_errors() {
-        let q = QueryFile::parse(ONE, "q").unwrap().queries.remove(0);
-        let dup = families_from_rows(
-            &q,
-            &[
-                row(Some("x"), Cell::Number(1.0)),
-                row(Some("x"), Cell::Number(2.0)),
-            ],
-        );
-        assert!(dup.unwrap_err().contains("same labels"));
-        let missing = families_from_rows(&q, &[vec![("n".into(), Cell::Number(1.0))]]);
-        assert!(missing.unwrap_err().contains("no column \"kind\""));
-        let text = families_from_rows(&q, &[row(Some("x"), Cell::Text("many".into()))]);
-        assert!(text.unwrap_err().contains("not a number"));
     }
 }
