@@ -89,12 +89,14 @@ def board() -> Board:
     b.row(
         "Trustworthiness of business counters",
         timeseries_panel(
-            "Counter decreases kept, per hour",
-            "Times in the last hour a business counter's source value went down (rows deleted, or a test-data "
-            "flag set afterwards) and the exporter kept the previous value so that the counter never decreases. "
-            "Occasional ones are harmless; a steady stream means the counter no longer tracks the database.",
-            [Q(rate("bookedbarber_exporter_counter_decreases_total", by="metric", window="1h", fn="increase"),
-               "{{metric}}")], "short", decimals=0, thresholds=steps(OK, (3, WARN)), threshold_lines=True,
+            "Counter sources that went down, per hour",
+            "Times in the last hour a counter's source value went down and the exporter continued the counter "
+            "from its previous value instead of letting it reset: business rows deleted or flagged as test data, "
+            "PostgreSQL statistics reset, Redis restarted. Occasional ones are harmless; a steady stream means "
+            "rows are being deleted or rewritten and the business rates undercount.",
+            [Q(rate("bookedbarber_exporter_source_decreases_total", by="collector, metric", window="1h",
+                    fn="increase"), "{{collector}} {{metric}}")],
+            "short", decimals=0, thresholds=steps(OK, (3, WARN)), threshold_lines=True,
             runbooks=["BookedBarberExporterCounterDecreasing"]),
         timeseries_panel(
             "Series dropped by the cap, by collector",

@@ -7,6 +7,8 @@ NGINX_REQUESTS = sel("nginx_ingress_controller_requests", base=INGRESS)
 FAILED = agg("sum", "namespace_name:celery_task_failed:rate5m", base=NAMESPACE)
 SUCCEEDED = agg("sum", "namespace_name:celery_task_succeeded:rate5m", base=NAMESPACE)
 NGINX_DURATION = sel("nginx_ingress_controller_request_duration_seconds_bucket", base=INGRESS)
+BOOKINGS_1H = sel("namespace:bookedbarber_appointments_created:increase1h", base=NAMESPACE)
+CAPTURED_1H = sel("namespace:bookedbarber_payments_captured_usd:increase1h", base=NAMESPACE)
 
 
 def _slo(window):
@@ -79,18 +81,14 @@ def board() -> Board:
             "Bookings in the last hour",
             "Bookings created in the last hour (registered clients and guests), next to the same hour one week "
             "ago. An alert fires when bookings fall below half of last week's.",
-            [Q(sel("namespace:bookedbarber_appointments_created:increase1h", base=NAMESPACE), "last hour"),
-             Q(sel("namespace:bookedbarber_appointments_created:increase1h", base=NAMESPACE) + " offset 1w",
-               "same hour last week")],
+            [Q(BOOKINGS_1H, "last hour"), Q(f"{BOOKINGS_1H} offset 1w", "same hour last week")],
             "short", w=6, decimals=0, graph=True, names=True,
             runbooks=["BookedBarberBookingsDrop"]),
         stat_panel(
             "Money captured in the last hour",
             "US dollars captured from card payments in the last hour (before refunds), next to the same hour one "
             "week ago.",
-            [Q(sel("namespace:bookedbarber_payments_captured_usd:increase1h", base=NAMESPACE), "last hour"),
-             Q(sel("namespace:bookedbarber_payments_captured_usd:increase1h", base=NAMESPACE) + " offset 1w",
-               "same hour last week")],
+            [Q(CAPTURED_1H, "last hour"), Q(f"{CAPTURED_1H} offset 1w", "same hour last week")],
             "currencyUSD", w=6, decimals=0, graph=True, names=True),
         stat_panel(
             "Booking conversion",
