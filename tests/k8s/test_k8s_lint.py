@@ -61,9 +61,13 @@ def annotation_reasons(obj):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_checkov_finds_nothing(checkov_report, rendered, overlay):
     results = checkov_report[overlay]
-    checked = {c["resource"].split(".")[0] + "/" + c["resource"].split(".", 2)[2] for c in results["passed"]}
+    checked = set()
+    for c in results["passed"]:
+        kind, _, name = c["resource"].split(".", 2)
+        checked.add((kind, name))
     for obj in rendered[overlay].workloads() + rendered[overlay].of_kind("Ingress", "Service"):
-        assert f"{obj['kind']}/{obj['metadata']['name']}" in checked, f"checkov did not check {obj['kind']}/{obj['metadata']['name']}"
+        key = (obj["kind"], obj["metadata"]["name"])
+        assert key in checked, f"{overlay}: checkov did not check {key}"
     failed = [f"{c['check_id']} {c['check_name']}: {c['resource']}" for c in results["failed"]]
     assert not failed, f"{overlay}:\n" + "\n".join(failed)
 

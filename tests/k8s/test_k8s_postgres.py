@@ -203,7 +203,8 @@ def test_the_backup_shell_can_reach_postgres_and_the_backups_only(production):
     assert all(env[k] == job_env[k] for k in ("PGHOST", "PGUSER", "PGDATABASE", "PGPASSWORD_FILE"))
     policies = production.of_kind("NetworkPolicy")
     me = Peer("backup-shell", "bookedbarber", shell["metadata"]["labels"])
-    reachable = {(p.name, port) for p in pods(production) for port in p.ports.values() if allowed(policies, me, p, port)}
+    reachable = {(p.name, port) for p in pods(production) for port in p.ports.values()
+                 if allowed(policies, me, p, port)}
     assert reachable == {("postgres", 5432)}
 
 

@@ -83,14 +83,17 @@ def test_development_is_smallest_and_staging_in_between(rendered, overlay):
         return
     smaller = {"development": ("staging", "production"), "staging": ("production",)}[overlay]
     r = rendered[overlay]
-    for (kind, name, container), _ in PRODUCTION.items():
-        def requests(rr):
-            [c] = [c for c in pod_spec(rr.get(kind, name))["containers"] if c["name"] == container]
-            return cpu(c["resources"]["requests"]["cpu"]), size(c["resources"]["requests"]["memory"])
+    def size_of(rr, kind, name, container):
+        """CPU request, memory request, most replicas."""
+        workload = rr.get(kind, name)
+        [c] = [c for c in pod_spec(workload)["containers"] if c["name"] == container]
+        requests = c["resources"]["requests"]
+        return cpu(requests["cpu"]), size(requests["memory"]), replica_range(rr, workload)[1]
+
+    for key in PRODUCTION:
         for bigger in smaller:
-            mine, theirs = requests(r), requests(rendered[bigger])
-            assert mine[0] <= theirs[0] and mine[1] <= theirs[1], f"{overlay} {name} vs {bigger}"
-            assert replica_range(r, r.get(kind, name))[1] <= replica_range(rendered[bigger], rendered[bigger].get(kind, name))[1]
+            mine, theirs = size_of(r, *key), size_of(rendered[bigger], *key)
+            assert all(a <= b for a, b in zip(mine, theirs)), f"{overlay} {key[1]} {mine} vs {bigger} {theirs}"
 
 
 def check_hardened(name, pod, probes=True):
