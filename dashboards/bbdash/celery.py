@@ -152,7 +152,7 @@ def board() -> Board:
         table_panel(
             "Worker heartbeats",
             "Each worker the exporter has heard of, UP while its heartbeats arrive on time.",
-            [Q(agg("max", "celery_worker_up", by="worker"), table=True)], "none", w=8,
+            Q(agg("max", "celery_worker_up", by="worker"), table=True), "none", w=8,
             rename={"Value": "heartbeat"}, mappings=up_down()),
         timeseries_panel(
             "Tasks running, by worker",

@@ -62,7 +62,7 @@ def board() -> Board:
         table_panel(
             "Collector status",
             "Each collector with the outcome of its last collection.",
-            [Q(agg("min", "bookedbarber_exporter_collector_up", COLLECTOR, by="collector"), table=True)], "none",
+            Q(agg("min", "bookedbarber_exporter_collector_up", COLLECTOR, by="collector"), table=True), "none",
             w=8, h=10, rename={"Value": "last collection"}, mappings=up_down("ok", "failing"),
             runbooks=["BookedBarberExporterCollectorFailing"]),
         timeseries_panel(

@@ -149,7 +149,7 @@ class Sources:
         self.rules = recording_rules()
 
     def of(self, metric, seen=()) -> set:
-        """{"exporter"} / {"external"} / both; raises KeyError for an unknown metric."""
+        """{"exporter"} / {"external"} / both; KeyError for an unknown metric."""
         if metric in self.exporter:
             return {"exporter"}
         if metric in EXTERNAL:
