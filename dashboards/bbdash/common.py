@@ -5,7 +5,6 @@ fix what must be the same everywhere (the datasource variable, the label
 selectors, units, thresholds, runbook links, legend and tooltip settings) so
 that a dashboard module only says what its panels show.
 """
-from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
@@ -227,6 +226,13 @@ def query_variable(name, label, query, description, *, multi=False, include_all=
     if include_all:
         v = v.current(dm.VariableOption(selected=True, text="All", value="$__all"))
     return v
+
+
+def label_variable(name, label, metric, description):
+    """A multi-value variable (All by default) over the values of the label `name` of one of the
+    exporter's metrics."""
+    return query_variable(name, label, f"label_values({sel(metric)}, {name})", description,
+                          multi=True, include_all=True, all_value=".+")
 
 
 def standard_variables():

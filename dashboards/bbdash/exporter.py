@@ -1,18 +1,17 @@
 """bookedbarber-exporter itself: is it scraped, do its collectors succeed and stay fresh, what it costs."""
 from .celery import event_stream_panels
-from .common import (BAD, OK, WARN, Board, Q, agg, query_variable, rate, sel, standard_variables, stat_panel,
+from .common import (BAD, OK, WARN, Board, Q, agg, label_variable, rate, sel, standard_variables, stat_panel,
                      steps, table_panel, timeseries_panel, up_down, value_text)
 
 COLLECTOR = 'collector=~"$collector"'
+LAST_SUCCESS = agg("max", "bookedbarber_exporter_collector_last_success_timestamp_seconds", COLLECTOR, by="collector")
 
 
 def board() -> Board:
     variables = standard_variables() + [
-        query_variable("collector", "Collector",
-                       'label_values(bookedbarber_exporter_collector_up{namespace="$namespace", job="$job", '
-                       'instance=~"$instance"}, collector)',
+        label_variable("collector", "Collector", "bookedbarber_exporter_collector_up",
                        "The exporter's collectors: postgres, redis, celery_queues, and business_<query> for each "
-                       "business query.", multi=True, include_all=True, all_value=".+"),
+                       "business query."),
     ]
     b = Board("bookedbarber-exporter", "BookedBarber exporter",
               "Health of bookedbarber-exporter itself: is Prometheus scraping it, does each collector succeed "
@@ -75,8 +74,8 @@ def board() -> Board:
             "Time since last success, by collector",
             "How old the data each collector serves is. It grows when a collector keeps failing; an alert "
             "fires at 15 minutes.",
-            [Q(f"time() - {agg('max', 'bookedbarber_exporter_collector_last_success_timestamp_seconds', COLLECTOR, by='collector')}",
-               "{{collector}}")], "s", thresholds=steps(OK, (300, WARN), (900, BAD)), threshold_lines=True,
+            [Q(f"time() - {LAST_SUCCESS}", "{{collector}}")], "s",
+            thresholds=steps(OK, (300, WARN), (900, BAD)), threshold_lines=True,
             runbooks=["BookedBarberExporterCollectorStale"]),
         timeseries_panel(
             "Collection errors per 5 minutes, by collector",

@@ -1,6 +1,6 @@
 """PostgreSQL: availability, connections, throughput, cache, locks and size, as the exporter reads them."""
-from .common import (BAD, INFO, OK, WARN, Board, Q, agg, query_variable, rate, sel, standard_variables, stat_panel, steps,
-                     timeseries_panel, up_down, value_text)
+from .common import (BAD, INFO, OK, WARN, Board, Q, agg, label_variable, rate, sel, standard_variables, stat_panel,
+                     steps, timeseries_panel, up_down, value_text)
 
 DB = 'datname=~"$datname"'
 
@@ -10,11 +10,9 @@ CONNECTION_LIMIT = f"max({sel('pg_connections_max')} - {sel('pg_connections_rese
 
 def board() -> Board:
     variables = standard_variables() + [
-        query_variable("datname", "Database",
-                       'label_values(pg_database_size_bytes{namespace="$namespace", job="$job", '
-                       'instance=~"$instance"}, datname)',
+        label_variable("datname", "Database", "pg_database_size_bytes",
                        "Databases of the PostgreSQL server (templates and databases that refuse connections "
-                       "are not listed).", multi=True, include_all=True, all_value=".+"),
+                       "are not listed)."),
     ]
     b = Board("bookedbarber-postgresql", "BookedBarber PostgreSQL",
               "The PostgreSQL server behind BookedBarber, read by bookedbarber-exporter from pg_stat_activity, "

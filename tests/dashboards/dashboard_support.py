@@ -37,7 +37,8 @@ EXTERNAL = {
 }
 
 # Grafana's variable syntaxes: $var, ${var}, ${var:format}, [[var]].
-VARIABLE = re.compile(r"\$\{([A-Za-z0-9_]+)(?::[^}]*)?\}|\[\[([A-Za-z0-9_]+)(?::[^\]]*)?\]\]|\$([A-Za-z_][A-Za-z0-9_]*)")
+VARIABLE = re.compile(r"\$\{([A-Za-z0-9_]+)(?::[^}]*)?\}|\[\[([A-Za-z0-9_]+)(?::[^\]]*)?\]\]"
+                      r"|\$([A-Za-z_][A-Za-z0-9_]*)")
 BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__interval_ms", "__range", "__range_s", "__range_ms",
                      "__auto"}
 LABEL_VALUES = re.compile(r"\s*label_values\((?:(.*),)?\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)\s*", re.S)
