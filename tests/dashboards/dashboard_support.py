@@ -28,6 +28,7 @@ EXTERNAL = {
     "kube_deployment_spec_replicas": "kube-state-metrics",
     "kube_horizontalpodautoscaler_status_current_replicas": "kube-state-metrics",
     "kube_horizontalpodautoscaler_spec_max_replicas": "kube-state-metrics",
+    "kube_cronjob_status_last_successful_time": "kube-state-metrics",
     "container_cpu_usage_seconds_total": "kubelet (cAdvisor)",
     "container_memory_working_set_bytes": "kubelet (cAdvisor)",
     "kubelet_volume_stats_used_bytes": "kubelet",

@@ -152,10 +152,12 @@ def demo_checks(the_plan, demo_prometheus):
 def test_every_exporter_query_returns_data_from_the_demo(demo_checks, capsys):
     prom, resolved, checks, failures, nan_only = demo_checks
     single = sum(1 for where, _ in checks if where.endswith("(one value per variable)"))
+    variable_queries = sum(len(values) for values in resolved.values())
     with capsys.disabled():
         print(f"\n[dashboards] {len(checks) - single} queries on exporter metrics and recording rules checked "
               f"against the demo exporter with the variables at their defaults, and {single} again with one value "
-              f"per multi-value variable; {len(nan_only)} answered only NaN (0/0) at that moment")
+              f"per multi-value variable; {len(nan_only)} answered only NaN (0/0) at that moment; "
+              f"{variable_queries} variable queries found values")
     assert not failures, f"{len(failures)} of {len(checks)} queries return nothing:\n" + "\n".join(failures)
 
 
@@ -240,6 +242,8 @@ def synthetic_exposition(path, elapsed):
             f"kube_deployment_spec_replicas{{{deploy}}} 2",
             f"kube_horizontalpodautoscaler_status_current_replicas{{{hpa}}} 2",
             f"kube_horizontalpodautoscaler_spec_max_replicas{{{hpa}}} 6",
+            'kube_cronjob_status_last_successful_time{namespace="bookedbarber",'
+            f'cronjob="bookedbarber-postgres-backup"}} {time.time() - 3600:.0f}',
         ]
     if path == "/kubelet":
         pvc = 'namespace="bookedbarber",persistentvolumeclaim="data-bookedbarber-postgres-0"'
