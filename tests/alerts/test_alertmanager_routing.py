@@ -2,6 +2,7 @@
 routes each severity to the intended receiver, the AlertmanagerConfig says the
 same as the plain file, Kustomize renders the resources, and a real
 Alertmanager applies every inhibition."""
+import copy
 import json
 import time
 from datetime import datetime, timedelta, timezone
@@ -12,9 +13,13 @@ import yaml
 
 from alert_support import (ALERTS, PLAIN_ALERTMANAGER, Alertmanager, alertmanager_for_tests,
                            routing_without_timing)
-from support.tools import ROOT, require, run
+from support.tools import ROOT, VENV_BIN, require, run
 
 SCHEMAS = ROOT / "tests/schemas/json"
+# AlertmanagerConfig: an excerpt of the v0.93.1 CRD (its header says what is
+# kept), converted by the same crd2jsonschema.py as the other schemas.
+AMC_CRD_EXCERPT = ROOT / "tests/schemas/crds/monitoring.coreos.com_alertmanagerconfigs.excerpt.yaml"
+AMC_SCHEMA = "alertmanagerconfig-monitoring-v1alpha1.json"
 SECRET = "bookedbarber-alertmanager"
 SECRETS_DIR = f"/etc/alertmanager/secrets/{SECRET}/"
 
@@ -120,16 +125,40 @@ def test_kustomize_renders_labelled_valid_resources():
     areas = sorted(p.stem for p in (ALERTS / "rules").glob("*.yaml"))
     assert kinds == sorted([("AlertmanagerConfig", "bookedbarber")]
                            + [("PrometheusRule", f"bookedbarber-{a}") for a in areas])
-    schema = json.loads((SCHEMAS / "prometheusrule-monitoring-v1.json").read_text())
-    validator = jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+    validators = {"PrometheusRule": validator("prometheusrule-monitoring-v1.json"),
+                  "AlertmanagerConfig": validator(AMC_SCHEMA)}
     for doc in rendered:
         labels = doc["metadata"]["labels"]
         assert labels["release"] == "kube-prometheus-stack"
         assert labels["app.kubernetes.io/part-of"] == "bookedbarber"
         assert "namespace" not in doc["metadata"]
-        if doc["kind"] == "PrometheusRule":
-            errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(doc)]
-            assert not errors, f"{doc['metadata']['name']}: {errors}"
+        errors = schema_errors(validators[doc["kind"]], doc)
+        assert not errors, f"{doc['kind']}/{doc['metadata']['name']}: {errors}"
+
+
+def validator(name):
+    schema = json.loads((SCHEMAS / name).read_text())
+    return jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+
+
+def schema_errors(v, doc):
+    return [f"{'/'.join(map(str, e.path))}: {e.message}" for e in v.iter_errors(doc)]
+
+
+def test_alertmanagerconfig_schema_is_the_converted_crd_excerpt(tmp_path):
+    run([VENV_BIN / "python", ROOT / "tests/schemas/crd2jsonschema.py", tmp_path, AMC_CRD_EXCERPT])
+    assert (tmp_path / AMC_SCHEMA).read_bytes() == (SCHEMAS / AMC_SCHEMA).read_bytes()
+
+
+def test_alertmanagerconfig_schema_catches_a_misspelt_field():
+    """The strict schema is not a rubber stamp."""
+    doc = yaml.safe_load((ALERTS / "alertmanager/alertmanagerconfig.yaml").read_text())
+    v = validator(AMC_SCHEMA)
+    assert not schema_errors(v, doc)
+    broken = copy.deepcopy(doc)
+    pager = next(r for r in broken["spec"]["receivers"] if r["name"] == "pager")
+    pager["pagerdutyConfigs"][0]["routingkey"] = pager["pagerdutyConfigs"][0].pop("routingKey")
+    assert any("routingkey" in e for e in schema_errors(v, broken))
 
 
 def test_test_override_keeps_routing_and_inhibitions():
