@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::kubectl::{Kubectl, KubectlError};
+use crate::kubectl::{Kubectl, KubectlError, OFFLINE_KUBECONFIG};
 
 /// The Prometheus namespace the bundle's NetworkPolicy admits by default.
 pub const DEFAULT_PROMETHEUS_NAMESPACE: &str = "monitoring";
@@ -128,7 +128,11 @@ impl Bundle {
             work_dir.join("kustomization.yaml"),
             wrapper_kustomization(&resource, namespace, prometheus_namespace),
         )?;
-        kubectl.kustomize(&work_dir).map_err(BundleError::Render)
+        let kubeconfig = work_dir.join("offline-kubeconfig");
+        fs::write(&kubeconfig, OFFLINE_KUBECONFIG)?;
+        kubectl
+            .kustomize(&work_dir, &kubeconfig)
+            .map_err(BundleError::Render)
     }
 }
 

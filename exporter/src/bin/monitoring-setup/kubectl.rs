@@ -4,9 +4,26 @@
 
 use std::ffi::OsString;
 use std::io::{self, Write};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use thiserror::Error;
+
+/// A kubeconfig whose only cluster is 127.0.0.1 port 0, which no connection
+/// can reach: what `kubectl kustomize` runs with.
+pub const OFFLINE_KUBECONFIG: &str = "\
+apiVersion: v1
+kind: Config
+clusters:
+  - name: offline
+    cluster:
+      server: http://127.0.0.1:0
+contexts:
+  - name: offline
+    context:
+      cluster: offline
+current-context: offline
+";
 
 #[derive(Debug, Error)]
 pub enum KubectlError {
@@ -48,11 +65,13 @@ impl Kubectl {
         }
     }
 
-    /// `kubectl kustomize DIR`: local only, no context, no cluster.
-    pub fn kustomize(&self, dir: &std::path::Path) -> Result<String, KubectlError> {
-        let mut args: Vec<OsString> = vec!["kustomize".into()];
-        args.push(dir.as_os_str().to_owned());
-        let out = self.run(&args, None)?;
+    /// `kubectl kustomize DIR`, kept off every cluster: some kubectl builds
+    /// (Google Cloud SDK's version dispatcher) ask the API server for its
+    /// version before any command, so the rendering runs with `kubeconfig`,
+    /// which must point nowhere ([`OFFLINE_KUBECONFIG`]).
+    pub fn kustomize(&self, dir: &Path, kubeconfig: &Path) -> Result<String, KubectlError> {
+        let args: Vec<OsString> = vec!["kustomize".into(), dir.as_os_str().to_owned()];
+        let out = self.run(&args, None, Some(kubeconfig))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -68,13 +87,21 @@ impl Kubectl {
             full.push(context.into());
         }
         full.extend(args.iter().map(|a| OsString::from(a.as_ref())));
-        let out = self.run(&full, stdin)?;
+        let out = self.run(&full, stdin, None)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn run(&self, args: &[OsString], stdin: Option<&[u8]>) -> Result<Output, KubectlError> {
+    fn run(
+        &self,
+        args: &[OsString],
+        stdin: Option<&[u8]>,
+        kubeconfig: Option<&Path>,
+    ) -> Result<Output, KubectlError> {
         let program = self.program.to_string_lossy().into_owned();
         let mut cmd = Command::new(&self.program);
+        if let Some(path) = kubeconfig {
+            cmd.env("KUBECONFIG", path);
+        }
         cmd.args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
