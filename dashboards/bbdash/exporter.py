@@ -91,12 +91,13 @@ def board() -> Board:
             "Counter sources that went down, per hour",
             "Times in the last hour a counter's source value went down and the exporter continued the counter "
             "from its previous value instead of letting it reset: business rows deleted or flagged as test data, "
-            "PostgreSQL statistics reset, Redis restarted. Occasional ones are harmless; a steady stream means "
-            "rows are being deleted or rewritten and the business rates undercount.",
+            "PostgreSQL statistics reset, Redis restarted. Occasional ones are harmless; more than two an hour "
+            "from a business collector (the alert) means rows are being deleted or rewritten and the business "
+            "rates undercount.",
             [Q(rate("bookedbarber_exporter_source_decreases_total", by="collector, metric", window="1h",
                     fn="increase"), "{{collector}} {{metric}}")],
             "short", decimals=0, thresholds=steps(OK, (3, WARN)), threshold_lines=True,
-            runbooks=["BookedBarberExporterCounterDecreasing"]),
+            runbooks=["BookedBarberExporterSourceDecreasing"]),
         timeseries_panel(
             "Series dropped by the cap, by collector",
             "Rows beyond the per-query series cap in each business collector's last collection.",
