@@ -1,5 +1,5 @@
 """Celery: queues, task outcomes, runtimes, workers and the event stream the exporter follows."""
-from .common import (BAD, NAMESPACE, OK, WARN, Board, Q, agg, heatmap_panel, query_variable, rate, sel,
+from .common import (BAD, NAMESPACE, OK, WARN, Board, Q, agg, heatmap_panel, label_variable, rate, sel,
                      standard_variables, stat_panel, steps, table_panel, timeseries_panel, up_down)
 
 QUEUE = 'queue=~"$queue"'
@@ -47,12 +47,8 @@ def event_stream_panels():
 
 def board() -> Board:
     variables = standard_variables() + [
-        query_variable("queue", "Queue", 'label_values(celery_queue_length{namespace="$namespace", job="$job", '
-                       'instance=~"$instance"}, queue)', "Celery queues (Redis lists) of the broker.",
-                       multi=True, include_all=True, all_value=".+"),
-        query_variable("name", "Task", 'label_values(celery_task_received_total{namespace="$namespace", '
-                       'job="$job", instance=~"$instance"}, name)', "Celery task names seen by the workers.",
-                       multi=True, include_all=True, all_value=".+"),
+        label_variable("queue", "Queue", "celery_queue_length", "Celery queues (Redis lists) of the broker."),
+        label_variable("name", "Task", "celery_task_received_total", "Celery task names seen by the workers."),
     ]
     b = Board("bookedbarber-celery", "BookedBarber Celery",
               "BookedBarber's background work (notifications, reminders, payouts, reports) on Celery with a "
@@ -152,7 +148,7 @@ def board() -> Board:
         table_panel(
             "Worker heartbeats",
             "Each worker the exporter has heard of, UP while its heartbeats arrive on time.",
-            [Q(agg("max", "celery_worker_up", by="worker"), table=True)], "none", w=8,
+            Q(agg("max", "celery_worker_up", by="worker"), table=True), "none", w=8,
             rename={"Value": "heartbeat"}, mappings=up_down()),
         timeseries_panel(
             "Tasks running, by worker",

@@ -5,7 +5,6 @@ fix what must be the same everywhere (the datasource variable, the label
 selectors, units, thresholds, runbook links, legend and tooltip settings) so
 that a dashboard module only says what its panels show.
 """
-from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
@@ -71,20 +70,15 @@ class Q:
     """One Prometheus query of a panel."""
     expr: str
     legend: str = ""
-    instant: bool = False
-    table: bool = False
-    heatmap: bool = False
+    table: bool = False  # instant query in table format, for table panels
+    heatmap: bool = False  # histogram buckets in heatmap format, for heatmap panels
 
 
-def _query(q: Q | str, ref_id: str) -> prometheus.Dataquery:
-    q = Q(q) if isinstance(q, str) else q
+def _query(q: Q, ref_id: str) -> prometheus.Dataquery:
     b = prometheus.Dataquery().expr(q.expr).ref_id(ref_id).datasource(DATASOURCE)
     if q.legend:
         b = b.legend_format(q.legend)
-    if q.instant or q.table:
-        b = b.instant()
-    else:
-        b = b.range()
+    b = b.instant() if q.table else b.range()
     if q.table:
         b = b.format(pm.PromQueryFormat.TABLE)
     elif q.heatmap:
@@ -138,12 +132,12 @@ def _common(panel, title, description, queries, unit, w, h, thresholds, runbooks
 
 
 def timeseries_panel(title, description, queries, unit, *, w=12, h=8, thresholds=None, runbooks=(),
-                     decimals=None, min=0, max=None, stack=False, threshold_lines=False, bars=False,
-                     legend_table=False, mappings=None, daily=False):
+                     decimals=None, min=0, max=None, stack=False, threshold_lines=False, legend_table=False,
+                     daily=False):
     """A time series: lines (or stacked areas, or bars) over time. `daily` draws one bar per
     day over the last 14 days whatever the dashboard's range: its queries use $__interval (1d)."""
     p = _common(timeseries.Panel(), title, description, queries, unit, w, h,
-                thresholds if thresholds is not None else steps(OK), runbooks, decimals, min, max, mappings)
+                thresholds if thresholds is not None else steps(OK), runbooks, decimals, min, max, None)
     legend = cb.VizLegendOptions().show_legend(True).placement(cm.LegendPlacement.BOTTOM)
     if legend_table:
         legend = legend.display_mode(cm.LegendDisplayMode.TABLE).calcs(["mean", "max", "lastNotNull"])
@@ -153,10 +147,8 @@ def timeseries_panel(title, description, queries, unit, *, w=12, h=8, thresholds
          .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING))
          .line_width(1).fill_opacity(25 if stack else 10).show_points(cm.VisibilityMode.NEVER)
          .span_nulls(False))
-    if bars or daily:
-        p = p.draw_style(cm.GraphDrawStyle.BARS).fill_opacity(60)
     if daily:
-        p = p.interval("1d").time_from("14d")
+        p = p.draw_style(cm.GraphDrawStyle.BARS).fill_opacity(60).interval("1d").time_from("14d")
     if stack:
         p = p.stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL).group("A"))
     if threshold_lines:
@@ -165,11 +157,11 @@ def timeseries_panel(title, description, queries, unit, *, w=12, h=8, thresholds
 
 
 def stat_panel(title, description, queries, unit, *, w=4, h=4, thresholds=None, runbooks=(), decimals=None,
-               mappings=None, graph=False, min=None, max=None, names=False, color_background=False):
+               mappings=None, graph=False, names=False, color_background=False):
     """A big number: the last value of each query, coloured by thresholds; `names` shows
     each query's legend beside its value."""
     p = _common(stat.Panel(), title, description, queries, unit, w, h,
-                thresholds if thresholds is not None else steps(INFO), runbooks, decimals, min, max, mappings)
+                thresholds if thresholds is not None else steps(INFO), runbooks, decimals, None, None, mappings)
     return (p.graph_mode(cm.BigValueGraphMode.AREA if graph else cm.BigValueGraphMode.NONE)
             .color_mode(cm.BigValueColorMode.BACKGROUND if color_background else cm.BigValueColorMode.VALUE)
             .text_mode(cm.BigValueTextMode.VALUE_AND_NAME if names else cm.BigValueTextMode.AUTO)
@@ -186,19 +178,16 @@ def bargauge_panel(title, description, queries, unit, *, w=8, h=8, thresholds=No
             .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)))
 
 
-def table_panel(title, description, queries, unit="short", *, w=12, h=8, thresholds=None, runbooks=(),
-                hide=("Time",), rename=None, mappings=None):
-    """A table of the current value of each series (instant queries, table format)."""
-    p = _common(table.Panel(), title, description, queries, unit, w, h, thresholds, runbooks, None, None, None,
-                mappings)
-    p = p.cell_height(cm.TableCellHeight.SM).show_header(True)
-    if len(queries) > 1:
-        p = p.with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
-    p = p.with_transformation(dm.DataTransformerConfig(id_val="organize", options={
-        "excludeByName": {name: True for name in hide},
-        "renameByName": dict(rename or {}),
-    }))
-    return p
+def table_panel(title, description, query: Q, unit="short", *, w=12, h=8, runbooks=(), hide=("Time",),
+                rename=None, mappings=None):
+    """A table of the current value of each series of one instant query, one row per series,
+    its labels as columns; `hide` drops columns, `rename` retitles them."""
+    p = _common(table.Panel(), title, description, [query], unit, w, h, None, runbooks, None, None, None, mappings)
+    return (p.cell_height(cm.TableCellHeight.SM).show_header(True)
+            .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                "excludeByName": {name: True for name in hide},
+                "renameByName": dict(rename or {}),
+            })))
 
 
 def heatmap_panel(title, description, query: Q, unit, *, w=12, h=8):
@@ -206,17 +195,18 @@ def heatmap_panel(title, description, query: Q, unit, *, w=12, h=8):
     if not description:
         raise ValueError(f"panel {title!r} needs a description")
     return (heatmap.Panel().title(title).description(description).datasource(DATASOURCE).span(w).height(h)
-         .with_target(_query(query, "A"))
-         .calculate(False)
-         .y_axis(heatmap.YAxisConfig().unit(unit))
-         .cell_values(heatmap.CellValues().unit("short"))
-         .color(heatmap.HeatmapColorOptions().mode(hm.HeatmapColorMode.SCHEME)
-                .scheme("Oranges").fill("dark-orange").scale(hm.HeatmapColorScale.EXPONENTIAL)
-                .exponent(0.5).steps(64).reverse(False))
-         .rows_frame(heatmap.RowsHeatmapOptions().layout(cm.HeatmapCellLayout.LE))
-         .show_value(cm.VisibilityMode.NEVER)
-         .mode(cm.TooltipDisplayMode.SINGLE).show_y_histogram().show_legend()
-         .filter_values(heatmap.FilterValueRange().le(1e-9)))
+            .with_target(_query(query, "A"))
+            .calculate(False)
+            .y_axis(heatmap.YAxisConfig().unit(unit))
+            .cell_values(heatmap.CellValues().unit("short"))
+            .color(heatmap.HeatmapColorOptions().mode(hm.HeatmapColorMode.SCHEME).scheme("Oranges")
+                   .fill("dark-orange").scale(hm.HeatmapColorScale.EXPONENTIAL).exponent(0.5).steps(64)
+                   .reverse(False))
+            .rows_frame(heatmap.RowsHeatmapOptions().layout(cm.HeatmapCellLayout.LE))
+            .show_value(cm.VisibilityMode.NEVER)
+            .mode(cm.TooltipDisplayMode.SINGLE).show_y_histogram().show_legend()
+            # Empty buckets stay transparent rather than the palette's lowest colour.
+            .filter_values(heatmap.FilterValueRange().le(1e-9)))
 
 
 # ---- variables ---------------------------------------------------------------
@@ -226,8 +216,7 @@ def datasource_variable():
             .description("The Prometheus that scrapes the BookedBarber exporter (kube-prometheus-stack's by default)."))
 
 
-def query_variable(name, label, query, description, *, multi=False, include_all=False, all_value=None,
-                   hide=False):
+def query_variable(name, label, query, description, *, multi=False, include_all=False, all_value=None):
     """A variable whose values come from a label_values() query on the chosen Prometheus."""
     v = (dashboard.QueryVariable(name).label(label).description(description).datasource(DATASOURCE)
          .query(query).refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dm.VariableSort.ALPHABETICAL_ASC)
@@ -236,9 +225,14 @@ def query_variable(name, label, query, description, *, multi=False, include_all=
         v = v.all_value(all_value)
     if include_all:
         v = v.current(dm.VariableOption(selected=True, text="All", value="$__all"))
-    if hide:
-        v = v.hide(dm.VariableHide.HIDE_VARIABLE)
     return v
+
+
+def label_variable(name, label, metric, description):
+    """A multi-value variable (All by default) over the values of the label `name` of one of the
+    exporter's metrics."""
+    return query_variable(name, label, f"label_values({sel(metric)}, {name})", description,
+                          multi=True, include_all=True, all_value=".+")
 
 
 def standard_variables():

@@ -1,18 +1,17 @@
 """bookedbarber-exporter itself: is it scraped, do its collectors succeed and stay fresh, what it costs."""
 from .celery import event_stream_panels
-from .common import (BAD, OK, WARN, Board, Q, agg, query_variable, rate, sel, standard_variables, stat_panel,
+from .common import (BAD, OK, WARN, Board, Q, agg, label_variable, rate, sel, standard_variables, stat_panel,
                      steps, table_panel, timeseries_panel, up_down, value_text)
 
 COLLECTOR = 'collector=~"$collector"'
+LAST_SUCCESS = agg("max", "bookedbarber_exporter_collector_last_success_timestamp_seconds", COLLECTOR, by="collector")
 
 
 def board() -> Board:
     variables = standard_variables() + [
-        query_variable("collector", "Collector",
-                       'label_values(bookedbarber_exporter_collector_up{namespace="$namespace", job="$job", '
-                       'instance=~"$instance"}, collector)',
+        label_variable("collector", "Collector", "bookedbarber_exporter_collector_up",
                        "The exporter's collectors: postgres, redis, celery_queues, and business_<query> for each "
-                       "business query.", multi=True, include_all=True, all_value=".+"),
+                       "business query."),
     ]
     b = Board("bookedbarber-exporter", "BookedBarber exporter",
               "Health of bookedbarber-exporter itself: is Prometheus scraping it, does each collector succeed "
@@ -62,7 +61,7 @@ def board() -> Board:
         table_panel(
             "Collector status",
             "Each collector with the outcome of its last collection.",
-            [Q(agg("min", "bookedbarber_exporter_collector_up", COLLECTOR, by="collector"), table=True)], "none",
+            Q(agg("min", "bookedbarber_exporter_collector_up", COLLECTOR, by="collector"), table=True), "none",
             w=8, h=10, rename={"Value": "last collection"}, mappings=up_down("ok", "failing"),
             runbooks=["BookedBarberExporterCollectorFailing"]),
         timeseries_panel(
@@ -75,8 +74,8 @@ def board() -> Board:
             "Time since last success, by collector",
             "How old the data each collector serves is. It grows when a collector keeps failing; an alert "
             "fires at 15 minutes.",
-            [Q(f"time() - {agg('max', 'bookedbarber_exporter_collector_last_success_timestamp_seconds', COLLECTOR, by='collector')}",
-               "{{collector}}")], "s", thresholds=steps(OK, (300, WARN), (900, BAD)), threshold_lines=True,
+            [Q(f"time() - {LAST_SUCCESS}", "{{collector}}")], "s",
+            thresholds=steps(OK, (300, WARN), (900, BAD)), threshold_lines=True,
             runbooks=["BookedBarberExporterCollectorStale"]),
         timeseries_panel(
             "Collection errors per 5 minutes, by collector",
@@ -92,12 +91,13 @@ def board() -> Board:
             "Counter sources that went down, per hour",
             "Times in the last hour a counter's source value went down and the exporter continued the counter "
             "from its previous value instead of letting it reset: business rows deleted or flagged as test data, "
-            "PostgreSQL statistics reset, Redis restarted. Occasional ones are harmless; a steady stream means "
-            "rows are being deleted or rewritten and the business rates undercount.",
+            "PostgreSQL statistics reset, Redis restarted. Occasional ones are harmless; more than two an hour "
+            "from a business collector (the alert) means rows are being deleted or rewritten and the business "
+            "rates undercount.",
             [Q(rate("bookedbarber_exporter_source_decreases_total", by="collector, metric", window="1h",
                     fn="increase"), "{{collector}} {{metric}}")],
             "short", decimals=0, thresholds=steps(OK, (3, WARN)), threshold_lines=True,
-            runbooks=["BookedBarberExporterCounterDecreasing"]),
+            runbooks=["BookedBarberExporterSourceDecreasing"]),
         timeseries_panel(
             "Series dropped by the cap, by collector",
             "Rows beyond the per-query series cap in each business collector's last collection.",

@@ -155,7 +155,7 @@ def board() -> Board:
             "Firing alerts",
             "Prometheus alerts firing now for this namespace, with their severity; each alert's runbook link is "
             "in its annotations (Alertmanager, or Prometheus' Alerts page).",
-            [Q('sum by (alertname, severity) (ALERTS{alertstate="firing", namespace="$namespace"})', table=True)],
+            Q('sum by (alertname, severity) (ALERTS{alertstate="firing", namespace="$namespace"})', table=True),
             w=24, h=6, hide=("Time", "Value")),
     )
     b.row(

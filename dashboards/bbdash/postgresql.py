@@ -1,6 +1,6 @@
 """PostgreSQL: availability, connections, throughput, cache, locks and size, as the exporter reads them."""
-from .common import (BAD, INFO, OK, WARN, Board, Q, agg, query_variable, rate, sel, standard_variables, stat_panel, steps,
-                     timeseries_panel, up_down, value_text)
+from .common import (BAD, INFO, NAMESPACE, OK, WARN, Board, Q, agg, label_variable, rate, sel, standard_variables, stat_panel,
+                     steps, timeseries_panel, up_down, value_text)
 
 DB = 'datname=~"$datname"'
 
@@ -10,11 +10,9 @@ CONNECTION_LIMIT = f"max({sel('pg_connections_max')} - {sel('pg_connections_rese
 
 def board() -> Board:
     variables = standard_variables() + [
-        query_variable("datname", "Database",
-                       'label_values(pg_database_size_bytes{namespace="$namespace", job="$job", '
-                       'instance=~"$instance"}, datname)',
+        label_variable("datname", "Database", "pg_database_size_bytes",
                        "Databases of the PostgreSQL server (templates and databases that refuse connections "
-                       "are not listed).", multi=True, include_all=True, all_value=".+"),
+                       "are not listed)."),
     ]
     b = Board("bookedbarber-postgresql", "BookedBarber PostgreSQL",
               "The PostgreSQL server behind BookedBarber, read by bookedbarber-exporter from pg_stat_activity, "
@@ -31,12 +29,12 @@ def board() -> Board:
             "PostgreSQL",
             "Whether the exporter's last read of PostgreSQL succeeded. The exporter uses its own connection for "
             "this, so slow business queries do not turn it DOWN.",
-            [Q(agg("max", "pg_up"))], "none", mappings=up_down(), thresholds=steps(BAD, (1, OK)),
+            [Q(agg("max", "pg_up"))], "none", w=3, mappings=up_down(), thresholds=steps(BAD, (1, OK)),
             color_background=True, runbooks=["BookedBarberPostgresDown"]),
         stat_panel(
             "Role",
             "Primary (accepts writes) or replica (in recovery, read-only).",
-            [Q(agg("max", "pg_in_recovery"))], "none",
+            [Q(agg("max", "pg_in_recovery"))], "none", w=3,
             mappings=value_text({0: ("primary", INFO), 1: ("replica", INFO)})),
         stat_panel(
             "Connections used",
@@ -59,9 +57,16 @@ def board() -> Board:
             "Sessions visible to the exporter",
             "'all' when the exporter's role has pg_monitor (or is superuser) and so sees every session; "
             "'own only' when connection counts and the longest transaction only cover its own sessions.",
-            [Q(agg("min", "bookedbarber_exporter_postgres_pg_monitor"))], "none",
+            [Q(agg("min", "bookedbarber_exporter_postgres_pg_monitor"))], "none", w=3,
             mappings=value_text({0: ("own only", WARN), 1: ("all", OK)}),
             runbooks=["BookedBarberExporterPgMonitorMissing"]),
+        stat_panel(
+            "Last successful backup",
+            "Time since the backup CronJob bookedbarber-postgres-backup last completed (kube-state-metrics). "
+            "It runs daily; an alert fires after 26 hours.",
+            [Q(f"time() - max(kube_cronjob_status_last_successful_time{{{NAMESPACE}, "
+               'cronjob="bookedbarber-postgres-backup"})')], "s", w=3,
+            thresholds=steps(OK, (26 * 3600, BAD)), runbooks=["BookedBarberPostgresBackupTooOld"]),
     )
     b.row(
         "Connections",

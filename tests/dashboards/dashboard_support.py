@@ -28,6 +28,7 @@ EXTERNAL = {
     "kube_deployment_spec_replicas": "kube-state-metrics",
     "kube_horizontalpodautoscaler_status_current_replicas": "kube-state-metrics",
     "kube_horizontalpodautoscaler_spec_max_replicas": "kube-state-metrics",
+    "kube_cronjob_status_last_successful_time": "kube-state-metrics",
     "container_cpu_usage_seconds_total": "kubelet (cAdvisor)",
     "container_memory_working_set_bytes": "kubelet (cAdvisor)",
     "kubelet_volume_stats_used_bytes": "kubelet",
@@ -37,7 +38,8 @@ EXTERNAL = {
 }
 
 # Grafana's variable syntaxes: $var, ${var}, ${var:format}, [[var]].
-VARIABLE = re.compile(r"\$\{([A-Za-z0-9_]+)(?::[^}]*)?\}|\[\[([A-Za-z0-9_]+)(?::[^\]]*)?\]\]|\$([A-Za-z_][A-Za-z0-9_]*)")
+VARIABLE = re.compile(r"\$\{([A-Za-z0-9_]+)(?::[^}]*)?\}|\[\[([A-Za-z0-9_]+)(?::[^\]]*)?\]\]"
+                      r"|\$([A-Za-z_][A-Za-z0-9_]*)")
 BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__interval_ms", "__range", "__range_s", "__range_ms",
                      "__auto"}
 LABEL_VALUES = re.compile(r"\s*label_values\((?:(.*),)?\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)\s*", re.S)
@@ -149,7 +151,7 @@ class Sources:
         self.rules = recording_rules()
 
     def of(self, metric, seen=()) -> set:
-        """{"exporter"} / {"external"} / both; raises KeyError for an unknown metric."""
+        """{"exporter"} / {"external"} / both; KeyError for an unknown metric."""
         if metric in self.exporter:
             return {"exporter"}
         if metric in EXTERNAL:

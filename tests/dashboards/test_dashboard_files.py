@@ -255,6 +255,13 @@ def test_runbook_links_point_at_existing_runbooks_of_existing_alerts():
     assert not problems, "\n".join(problems)
 
 
+def test_every_alert_has_a_panel_linking_its_runbook():
+    """Whoever is paged finds the alert's signal on a dashboard."""
+    linked = {url[len(RUNBOOK_BASE):-3] for _, _, url in runbook_links()}
+    missing = sorted(alert_names() - linked)
+    assert not missing, f"alerts of alerts/rules/ that no dashboard panel links to: {missing}"
+
+
 def render_configmaps():
     docs = [d for d in yaml.safe_load_all(run([require("kubectl"), "kustomize", DASHBOARD_DIR]).stdout) if d]
     return {d["metadata"]["name"]: d for d in docs}

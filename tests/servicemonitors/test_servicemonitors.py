@@ -48,8 +48,10 @@ def endpoints(monitor):
 
 def schema_errors(doc):
     path = SCHEMAS / f"{doc['kind'].lower()}-monitoring-v1.json"
-    v = jsonschema.Draft7Validator(json.loads(path.read_text()), format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
-    return [f"{doc['metadata']['name']}: {'/'.join(map(str, e.absolute_path))}: {e.message}" for e in v.iter_errors(doc)]
+    v = jsonschema.Draft7Validator(json.loads(path.read_text()),
+                                   format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+    return [f"{doc['metadata']['name']}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in v.iter_errors(doc)]
 
 
 @pytest.fixture(scope="module")
