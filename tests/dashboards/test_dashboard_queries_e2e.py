@@ -1,0 +1,315 @@
+"""Every dashboard query returns data from a real Prometheus.
+
+- Queries on the exporter's metrics and the recording rules built on them run
+  against `demo_prometheus` (the real exporter on the demo database with a
+  real Celery worker, alerts/rules/*.yaml loaded), with the dashboard's
+  variables resolved by their own queries as Grafana does: once with the
+  defaults (All), once with the first value of each multi-value variable.
+- Queries with `offset 1w` cannot have data in a fresh Prometheus: each runs
+  without the offset against the demo, and as written against a Prometheus of
+  our own whose history is the demo's data moved back one week
+  (promtool tsdb create-blocks-from openmetrics).
+- Queries on metrics of other exporters (ingress-nginx, kube-state-metrics,
+  the kubelet) and of Prometheus itself (up, ALERTS) run against a Prometheus
+  of our own scraping synthetic series of those names from a loopback HTTP
+  server, with alerts/rules/*.yaml loaded so the SLO recording rules are
+  computed from them.
+"""
+import http.server
+import math
+import re
+import threading
+import time
+
+import pytest
+import yaml
+
+from dashboard_support import (EXTERNAL, Sources, interpolate, label_values_query, load_dashboards, queries,
+                               rule_files, selectors, variables)
+from support.prometheus import Prometheus, PrometheusError, scrape_job
+from support.tools import free_port, require, run
+
+DEMO_NAMESPACE = "bookedbarber"  # the demo_prometheus target labels
+WEEK = 7 * 24 * 3600
+OFFSET = re.compile(r"\s+offset\s+1w\b")
+WARM_UP = 150  # seconds for rates, histograms and recording rules to have data
+HISTORY_SECONDS = 120
+
+
+class Query:
+    def __init__(self, dashboard, panel, target, defined, sources):
+        self.dashboard = dashboard
+        self.where = f"{dashboard}: panel {panel['id']} {panel['title']!r} query {target['refId']}"
+        self.expr = target["expr"]
+        self.interval = panel.get("interval", "1m")
+        self.variables = defined
+        placeholder = {n: ("$__all" if v.get("includeAll") else "x") for n, v in defined.items()}
+        found = selectors(interpolate(self.expr, placeholder, defined))
+        self.metrics = {name for name, _ in found}
+        # A name no source knows (test_dashboard_files reports it) is taken
+        # for the exporter's: the demo then shows whether it is served.
+        self.kind = "external" if any(m in EXTERNAL or (m in sources.rules and "external" in sources.of(m))
+                                      for m in self.metrics) else "exporter"
+        self.offset = any(o is not None for _, o in found)
+
+    def promql(self, values, drop_offset=False):
+        expr = OFFSET.sub("", self.expr) if drop_offset else self.expr
+        return interpolate(expr, values, self.variables, interval=self.interval)
+
+
+def plan():
+    sources = Sources()
+    return [Query(name, p, t, variables(dash), sources)
+            for name, dash in load_dashboards().items() for p, t in queries(dash)]
+
+
+def series_count(prom, expr):
+    """(series, series with a number) `expr` returns now; -1 when Prometheus rejects it."""
+    try:
+        result = prom.query(expr)
+    except PrometheusError:
+        return -1, 0
+    numbers = [r for r in result if not math.isnan(float(r["value"][1]))]
+    return len(result), len(numbers)
+
+
+def check_until(prom, checks, deadline):
+    """Polls until every (where, expr) returns a series or the deadline passes;
+    returns the failures and the exprs whose series are all NaN."""
+    while True:
+        failures, nan_only = [], []
+        for where, expr in checks:
+            total, numbers = series_count(prom, expr)
+            if total <= 0:
+                failures.append(f"{where}: {'rejected' if total < 0 else 'no series'}: {expr}")
+            elif numbers == 0:
+                nan_only.append(f"{where}: {expr}")
+        if not failures or time.monotonic() > deadline:
+            return failures, nan_only
+        time.sleep(2)
+
+
+def resolve_variables(prom, dashboards):
+    """{dashboard: {variable: values}} from each variable's own label_values()
+    query on the live Prometheus, in order, as Grafana resolves them (the
+    variables before it at their defaults)."""
+    resolved = {}
+    for name, dash in dashboards.items():
+        defined = variables(dash)
+        values = {}
+        for v in defined.values():
+            if v["type"] != "query":
+                continue
+            selector, label = label_values_query(v)
+            assert selector, f"{name}: variable {v['name']}: label_values() without a series selector"
+            match = interpolate(selector, defaults(values, defined), defined)
+            found = sorted({s[label] for s in prom.api("series", **{"match[]": match}) if label in s})
+            assert found, f"{name}: variable {v['name']} ({match}) has no values in the live data"
+            if v["name"] == "namespace":
+                assert DEMO_NAMESPACE in found, found
+                found = [DEMO_NAMESPACE]
+            values[v["name"]] = found
+        resolved[name] = values
+    return resolved
+
+
+def defaults(values, variables_):
+    """What Grafana selects on a fresh load: All where offered, else the first value."""
+    return {n: ("$__all" if variables_[n].get("includeAll") else vs[0]) for n, vs in values.items()}
+
+
+def first_values(values):
+    return {n: vs[0] for n, vs in values.items()}
+
+
+@pytest.fixture(scope="module")
+def the_plan():
+    p = plan()
+    assert len(p) > 100, "fewer dashboard queries than expected: is dashboards/ empty?"
+    return p
+
+
+@pytest.fixture(scope="module")
+def demo_checks(the_plan, demo_prometheus):
+    """The demo Prometheus after warm-up, and the variable values it resolves."""
+    prom = demo_prometheus
+    dashboards = load_dashboards()
+    resolved = resolve_variables(prom, dashboards)
+    checks = []
+    for q in the_plan:
+        if q.kind != "exporter":
+            continue
+        values = resolved[q.dashboard]
+        checks.append((q.where + (" (without offset 1w)" if q.offset else ""),
+                       q.promql(defaults(values, q.variables), drop_offset=q.offset)))
+        if any(q.variables[n].get("multi") for n in values if n in re.findall(r"\$(\w+)", q.expr)):
+            checks.append((q.where + " (one value per variable)",
+                           q.promql(first_values(values), drop_offset=q.offset)))
+    failures, nan_only = check_until(prom, checks, time.monotonic() + WARM_UP)
+    return prom, resolved, checks, failures, nan_only
+
+
+def test_every_exporter_query_returns_data_from_the_demo(demo_checks, capsys):
+    prom, resolved, checks, failures, nan_only = demo_checks
+    single = sum(1 for where, _ in checks if where.endswith("(one value per variable)"))
+    variable_queries = sum(len(values) for values in resolved.values())
+    with capsys.disabled():
+        print(f"\n[dashboards] {len(checks) - single} queries on exporter metrics and recording rules checked "
+              f"against the demo exporter with the variables at their defaults, and {single} again with one value "
+              f"per multi-value variable; {len(nan_only)} answered only NaN (0/0) at that moment; "
+              f"{variable_queries} variable queries found values")
+    assert not failures, f"{len(failures)} of {len(checks)} queries return nothing:\n" + "\n".join(failures)
+
+
+def openmetrics_history(prom, metrics, end, seconds, shift):
+    """The demo's samples of `metrics` over the last `seconds`, `shift` seconds earlier, as OpenMetrics."""
+    lines = []
+    for metric in sorted(metrics):
+        data = prom.api("query_range", query=metric, start=str(end - seconds), end=str(end), step="1")
+        assert data["result"], f"no history of {metric} in the demo Prometheus to move back"
+        for series in data["result"]:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(series["metric"].items()) if k != "__name__")
+            for ts, value in series["values"]:
+                lines.append(f"{metric}{{{labels}}} {value} {float(ts) - shift:.3f}")
+    return "\n".join(lines) + "\n# EOF\n"
+
+
+def test_offset_queries_return_data_from_last_weeks_history(the_plan, demo_checks, tmp_path, capsys):
+    prom, resolved, *_ = demo_checks
+    offset_queries = [q for q in the_plan if q.offset]
+    assert offset_queries, "no dashboard query compares with last week any more: update this test"
+    assert all(q.kind == "exporter" for q in offset_queries)
+    metrics = set().union(*(q.metrics for q in offset_queries))
+    end = time.time()
+    history = tmp_path / "history.om"
+    history.write_text(openmetrics_history(prom, metrics, end, HISTORY_SECONDS, WEEK))
+    workdir = tmp_path / "history-prometheus"
+    run([require("promtool"), "tsdb", "create-blocks-from", "openmetrics", history, workdir / "data"])
+    old = Prometheus(workdir, []).start()
+    try:
+        checks = [(q.where, q.promql(defaults(resolved[q.dashboard], q.variables)))
+                  for q in offset_queries]
+        failures, _ = check_until(old, checks, time.monotonic() + 30)
+        # The history is really a week old: without the offset there is nothing.
+        recent = [(w, OFFSET.sub("", e)) for w, e in checks if series_count(old, OFFSET.sub("", e))[0] > 0]
+    finally:
+        old.stop()
+    with capsys.disabled():
+        print(f"\n[dashboards] {len(checks)} 'offset 1w' queries checked against the demo's data moved back one "
+              f"week (and without the offset against the demo): metrics {sorted(metrics)}")
+    assert not failures, "\n".join(failures)
+    assert not recent, f"the backfilled history is not a week old: {recent}"
+
+
+# ---- external metrics, synthetic --------------------------------------------
+
+NGINX = ('namespace="bookedbarber",ingress="bookedbarber",service="bookedbarber-backend",host="bookedbarber.example",'
+         'path="/api",method="GET",controller_class="k8s.io/ingress-nginx",controller_namespace="ingress-nginx",'
+         'controller_pod="ingress-nginx-controller-6d9f7-x2x5q"')
+POD = 'namespace="bookedbarber",pod="bookedbarber-backend-5c7d9-qw8zt",container="backend"'
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def synthetic_exposition(path, elapsed):
+    """Series as ingress-nginx, kube-state-metrics and the kubelet expose
+    them, counters growing with `elapsed` seconds."""
+    t = max(elapsed, 1.0)
+    if path == "/ingress-nginx":
+        lines = ["# TYPE nginx_ingress_controller_requests counter"]
+        for status, per_second in (("200", 40), ("404", 2), ("500", 0.05)):
+            lines.append(f'nginx_ingress_controller_requests{{{NGINX},status="{status}"}} {per_second * t}')
+        lines.append("# TYPE nginx_ingress_controller_request_duration_seconds histogram")
+        for status in ("200", "500"):
+            count = (40 if status == "200" else 0.05) * t
+            for le in BUCKETS:
+                share = min(1.0, le / 0.3)
+                lines.append(f'nginx_ingress_controller_request_duration_seconds_bucket{{{NGINX},status="{status}",'
+                             f'le="{le}"}} {share * count}')
+            lines.append(f'nginx_ingress_controller_request_duration_seconds_bucket{{{NGINX},status="{status}",'
+                         f'le="+Inf"}} {count}')
+            lines.append(f'nginx_ingress_controller_request_duration_seconds_sum{{{NGINX},status="{status}"}} '
+                         f'{0.12 * count}')
+            lines.append(f'nginx_ingress_controller_request_duration_seconds_count{{{NGINX},status="{status}"}} '
+                         f'{count}')
+        return lines
+    if path == "/kube-state-metrics":
+        hpa = 'namespace="bookedbarber",horizontalpodautoscaler="bookedbarber-backend"'
+        deploy = 'namespace="bookedbarber",deployment="bookedbarber-backend"'
+        return [
+            f"kube_pod_container_status_restarts_total{{{POD},uid=\"5d1c\"}} {int(t // 60)}",
+            f'kube_pod_container_resource_limits{{{POD},node="node-1",resource="memory",unit="byte"}} 536870912',
+            f"kube_deployment_status_replicas_available{{{deploy}}} 2",
+            f"kube_deployment_spec_replicas{{{deploy}}} 2",
+            f"kube_horizontalpodautoscaler_status_current_replicas{{{hpa}}} 2",
+            f"kube_horizontalpodautoscaler_spec_max_replicas{{{hpa}}} 6",
+            'kube_cronjob_status_last_successful_time{namespace="bookedbarber",'
+            f'cronjob="bookedbarber-postgres-backup"}} {time.time() - 3600:.0f}',
+        ]
+    if path == "/kubelet":
+        pvc = 'namespace="bookedbarber",persistentvolumeclaim="data-bookedbarber-postgres-0"'
+        cadvisor = f'{POD},image="bookedbarber/backend:1.0",name="3b1f"'
+        return [
+            f"container_cpu_usage_seconds_total{{{cadvisor},cpu=\"total\"}} {0.25 * t}",
+            f"container_memory_working_set_bytes{{{cadvisor}}} 241172480",
+            f"kubelet_volume_stats_used_bytes{{{pvc}}} 2147483648",
+            f"kubelet_volume_stats_capacity_bytes{{{pvc}}} 10737418240",
+        ]
+    return []  # the bundle's own targets: only Prometheus' `up` matters
+
+
+class SyntheticTargets(http.server.ThreadingHTTPServer):
+    def __init__(self):
+        self.started = time.monotonic()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(handler):  # noqa: N805 - the server is `self` here
+                body = ("\n".join(synthetic_exposition(handler.path, time.monotonic() - self.started)) + "\n").encode()
+                handler.send_response(200)
+                handler.send_header("Content-Type", "text/plain; version=0.0.4")
+                handler.send_header("Content-Length", str(len(body)))
+                handler.end_headers()
+                handler.wfile.write(body)
+
+            def log_message(handler, *args):  # noqa: N805
+                pass
+
+        super().__init__(("127.0.0.1", free_port()), Handler)
+
+
+@pytest.fixture(scope="module")
+def synthetic_prometheus(tmp_path_factory):
+    server = SyntheticTargets()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = f"127.0.0.1:{server.server_address[1]}"
+    workdir = tmp_path_factory.mktemp("synthetic-prometheus")
+    always_firing = workdir / "always-firing.yaml"
+    always_firing.write_text(yaml.safe_dump({"groups": [{"name": "dashboards-test", "rules": [{
+        "alert": "DashboardsTestAlwaysFiring", "expr": "vector(1)",
+        "labels": {"namespace": DEMO_NAMESPACE, "severity": "info"}}]}]}))
+    jobs = [scrape_job(job, target, path=f"/{job}", honor_labels=True)
+            for job in ("ingress-nginx", "kube-state-metrics", "kubelet")]
+    jobs += [scrape_job(job, target, path="/empty",
+                        static_configs=[{"targets": [target], "labels": {"namespace": DEMO_NAMESPACE}}])
+             for job in ("bookedbarber-backend", "bookedbarber-frontend", "bookedbarber-exporter")]
+    prom = Prometheus(workdir, jobs, rule_files=[*rule_files(), always_firing]).start()
+    try:
+        yield prom
+    finally:
+        prom.stop()
+        server.shutdown()
+
+
+def test_external_metric_queries_return_data_from_synthetic_series(the_plan, synthetic_prometheus, capsys):
+    external = [q for q in the_plan if q.kind == "external"]
+    names = sorted(set().union(*(q.metrics for q in external)) & set(EXTERNAL))
+    values = {"namespace": DEMO_NAMESPACE, "instance": "$__all"}
+    checks = [(q.where, q.promql({**values, **{n: "$__all" for n, v in q.variables.items()
+                                              if v.get("includeAll")}})) for q in external]
+    failures, nan_only = check_until(synthetic_prometheus, checks, time.monotonic() + 60)
+    with capsys.disabled():
+        print(f"\n[dashboards] {len(checks)} queries on external metrics checked against synthetic series: "
+              + ", ".join(f"{n} ({EXTERNAL[n]})" for n in names))
+    assert not failures, "\n".join(failures)
+    assert not nan_only, "queries answering only NaN from the synthetic series:\n" + "\n".join(nan_only)
+    unused = set(EXTERNAL) - set(names)
+    assert not unused, f"EXTERNAL lists metrics no dashboard reads any more: {sorted(unused)}"
