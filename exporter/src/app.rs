@@ -9,8 +9,7 @@ use sqlx::postgres::PgConnectOptions;
 use tracing::{info, warn};
 
 use crate::business::{collector_name, BusinessHealth, BusinessQuerySource, QueryFile};
-use crate::celery_events::{self, EventHub, EventLimits};
-use crate::celery_queues::{CeleryQueueSource, QueueConfig};
+use crate::celery::{self, CeleryQueueSource, EventHub, EventLimits, QueueConfig, SentAt};
 use crate::cli::Cli;
 use crate::exposition::Exposition;
 use crate::exposition::LiveFamilies;
@@ -210,8 +209,8 @@ fn start_redis_and_celery(
         } else {
             cli.celery_event_dbs.clone()
         };
-        let patterns = celery_events::channel_patterns(&cli.celery_key_prefix, &dbs);
-        tokio::spawn(celery_events::consume(
+        let patterns = celery::channel_patterns(&cli.celery_key_prefix, &dbs);
+        tokio::spawn(celery::consume(
             target.clone(),
             patterns,
             hub.clone(),
@@ -241,7 +240,7 @@ fn start_redis_and_celery(
     };
     slots.push(runner::start(
         "celery_queues",
-        CeleryQueueSource::new(queues, connection, hub),
+        CeleryQueueSource::new(queues, connection, hub.map(|h| h as Arc<dyn SentAt>)),
         schedule,
     ));
     info!(target = %target.description, events = cli.celery_events_enabled, "Celery collectors enabled");

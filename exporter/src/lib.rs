@@ -6,8 +6,7 @@
 
 pub mod app;
 pub mod business;
-pub mod celery_events;
-pub mod celery_queues;
+pub mod celery;
 pub mod cli;
 pub mod exposition;
 pub mod http;

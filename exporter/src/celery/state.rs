@@ -1,149 +1,22 @@
-//! Celery's event stream: task counters and runtimes, worker liveness.
-//!
-//! Workers and producers `PUBLISH` events on `{prefix}/{db}.celeryev/<kind>`
-//! (see docs/celery.md). The consumer decodes each message ([`decode`]) and
-//! applies its events to an [`EventState`]; `/metrics` reads that state at
-//! scrape time, so worker liveness is computed against the current clock.
+//! Everything learnt from the event stream, as plain data: no I/O, and time
+//! comes in as arguments, so tests drive it directly.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use base64::Engine;
-use futures_util::StreamExt;
 use lru::LruCache;
-use serde::Deserialize;
-use thiserror::Error;
-use tracing::{info, warn};
 
-use crate::exposition::LiveFamilies;
-use crate::redis_conn::{escape_glob, RedisTarget};
+use super::decode::{DecodeError, Decoded, Event};
+use super::{EventLimits, OVERFLOW, UNKNOWN};
 use crate::snapshot::{Family, Kind, Sample, Value};
-
-/// Label value standing for everything past a cap.
-pub const OVERFLOW: &str = "__overflow__";
-/// Label value when a task's name is not known.
-pub const UNKNOWN: &str = "unknown";
 
 /// Bucket bounds for task runtimes and waits: background jobs take from
 /// milliseconds (a notification) to minutes (a report).
 pub const BUCKETS: [f64; 15] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
-
-#[derive(Debug, Clone)]
-pub struct EventLimits {
-    pub max_task_names: usize,
-    pub max_queues: usize,
-    pub max_workers: usize,
-    pub max_tracked_tasks: usize,
-    /// How long a finished task stays known, for the events that can follow
-    /// a terminal one (task-rejected after task-failed, …).
-    pub finished_grace: Duration,
-    /// Workers silent for longer than this leave `/metrics`.
-    pub forget_workers_after: Duration,
-}
-
-impl Default for EventLimits {
-    fn default() -> Self {
-        EventLimits {
-            max_task_names: 500,
-            max_queues: 100,
-            max_workers: 500,
-            max_tracked_tasks: 20_000,
-            finished_grace: Duration::from_secs(60),
-            forget_workers_after: Duration::from_secs(600),
-        }
-    }
-}
-
-// ---------------------------------------------------------------- decoding
-
-#[derive(Debug, Error, PartialEq)]
-pub enum DecodeError {
-    #[error("envelope is not JSON: {0}")]
-    Envelope(String),
-    #[error("body is not valid base64")]
-    Base64,
-    #[error("body is not a JSON event or list of events: {0}")]
-    Body(String),
-}
-
-/// Why a message was not used, when it was not malformed.
-#[derive(Debug, PartialEq)]
-pub enum Decoded {
-    Events(Vec<Event>),
-    /// A serializer other than JSON (msgpack, yaml, pickle).
-    Unsupported(String),
-}
-
-#[derive(Deserialize)]
-struct Envelope {
-    body: String,
-    #[serde(rename = "content-type", default)]
-    content_type: Option<String>,
-    #[serde(default)]
-    properties: Option<Properties>,
-}
-
-#[derive(Deserialize)]
-struct Properties {
-    #[serde(default)]
-    body_encoding: Option<String>,
-}
-
-/// The fields of a Celery event the exporter uses; others are ignored.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct Event {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub hostname: Option<String>,
-    #[serde(default)]
-    pub uuid: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub queue: Option<String>,
-    #[serde(default)]
-    pub timestamp: Option<f64>,
-    #[serde(default)]
-    pub runtime: Option<f64>,
-    #[serde(default)]
-    pub freq: Option<f64>,
-    #[serde(default)]
-    pub active: Option<f64>,
-}
-
-/// Decodes one pub/sub payload: the kombu envelope, its (usually base64)
-/// body, and the event object or `task.multi` list inside.
-pub fn decode(payload: &[u8]) -> Result<Decoded, DecodeError> {
-    let envelope: Envelope =
-        serde_json::from_slice(payload).map_err(|e| DecodeError::Envelope(e.to_string()))?;
-    if let Some(ct) = envelope.content_type.as_deref() {
-        if ct != "application/json" {
-            return Ok(Decoded::Unsupported(ct.to_owned()));
-        }
-    }
-    let base64 = envelope.properties.and_then(|p| p.body_encoding).as_deref() == Some("base64");
-    let raw: Vec<u8> = if base64 {
-        base64::engine::general_purpose::STANDARD
-            .decode(envelope.body.as_bytes())
-            .map_err(|_| DecodeError::Base64)?
-    } else {
-        envelope.body.into_bytes()
-    };
-    let first = raw.iter().find(|b| !b.is_ascii_whitespace()).copied();
-    let events = match first {
-        Some(b'[') => serde_json::from_slice::<Vec<Event>>(&raw),
-        _ => serde_json::from_slice::<Event>(&raw).map(|e| vec![e]),
-    }
-    .map_err(|e| DecodeError::Body(e.to_string()))?;
-    Ok(Decoded::Events(events))
-}
-
-// ---------------------------------------------------------------- state
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TaskEvent {
@@ -703,204 +576,13 @@ impl EventState {
     }
 }
 
-// ---------------------------------------------------------------- consumer
-
-/// The state behind a lock, shared by the consumer and `/metrics`.
-#[derive(Debug)]
-pub struct EventHub {
-    state: Mutex<EventState>,
-}
-
-impl EventHub {
-    pub fn new(limits: EventLimits) -> Arc<Self> {
-        Arc::new(EventHub {
-            state: Mutex::new(EventState::new(limits)),
-        })
-    }
-
-    pub fn with<T>(&self, f: impl FnOnce(&mut EventState) -> T) -> T {
-        let mut guard = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut guard)
-    }
-
-    /// Decodes outside the lock, applies inside it.
-    pub fn handle(&self, payload: &[u8]) {
-        let decoded = decode(payload);
-        let now = Instant::now();
-        self.with(|s| s.apply_message(decoded, now));
-    }
-}
-
-impl LiveFamilies for EventHub {
-    fn families(&self) -> Vec<Family> {
-        let now = Instant::now();
-        self.with(|s| s.families(now))
-    }
-}
-
-/// The PSUBSCRIBE patterns for the event channels of `dbs`: both
-/// `/{db}.celeryev/<kind>` and, with fanout_patterns off, `/{db}.celeryev`.
-pub fn channel_patterns(key_prefix: &str, dbs: &[i64]) -> Vec<String> {
-    let escaped = escape_glob(key_prefix);
-    dbs.iter()
-        .map(|db| format!("{escaped}/{db}.celeryev*"))
-        .collect()
-}
-
-/// Subscribes and consumes events forever, reconnecting with capped
-/// backoff after Redis goes away.
-pub async fn consume(
-    target: RedisTarget,
-    patterns: Vec<String>,
-    hub: Arc<EventHub>,
-    connect_timeout: Duration,
-) {
-    let mut backoff = Duration::from_millis(250);
-    let mut failing = false;
-    loop {
-        let result = async {
-            let mut pubsub = target.pubsub(connect_timeout).await?;
-            for p in &patterns {
-                pubsub.psubscribe(p).await?;
-            }
-            Ok::<_, redis::RedisError>(pubsub)
-        }
-        .await;
-        match result {
-            Ok(mut pubsub) => {
-                hub.with(|s| s.set_stream_up(true));
-                info!(target = %target.description, patterns = ?patterns, "subscribed to Celery events");
-                failing = false;
-                backoff = Duration::from_millis(250);
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    hub.handle(message.get_payload_bytes());
-                }
-                hub.with(|s| s.set_stream_up(false));
-                warn!(target = %target.description, "Celery event stream lost; reconnecting");
-            }
-            Err(error) => {
-                if !failing {
-                    warn!(target = %target.description, %error, "cannot subscribe to Celery events; retrying");
-                    failing = true;
-                }
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::celery::decode::decode;
+    use crate::celery::test_support::fixture;
     use crate::snapshot::find;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/tests/fixtures/celery/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
-
-    fn events(name: &str) -> Vec<Event> {
-        match decode(&fixture(name)).unwrap() {
-            Decoded::Events(e) => e,
-            other => panic!("{name}: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn decodes_every_event_fixture() {
-        let index: serde_json::Value = serde_json::from_slice(&fixture("index.json")).unwrap();
-        let mut checked = 0;
-        for entry in index.as_array().unwrap() {
-            let file = entry["file"].as_str().unwrap();
-            if !file.starts_with("event-") {
-                continue;
-            }
-            let expected: Vec<String> = entry["event_types_in_body"]
-                .as_array()
-                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
-                .unwrap_or_default();
-            let got: Vec<String> = events(file).into_iter().map(|e| e.kind).collect();
-            let mut got_set = got.clone();
-            got_set.sort();
-            got_set.dedup();
-            let mut expected_set = expected.clone();
-            expected_set.sort();
-            expected_set.dedup();
-            assert_eq!(got_set, expected_set, "{file}");
-            checked += 1;
-        }
-        let files = std::fs::read_dir(format!(
-            "{}/tests/fixtures/celery",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("event-")
-        })
-        .count();
-        assert_eq!(
-            checked, files,
-            "every event fixture is listed in index.json and checked"
-        );
-    }
-
-    #[test]
-    fn batched_and_single_shapes() {
-        let batch = events("event-task-multi-batch.json");
-        assert_eq!(batch.len(), 3);
-        assert_eq!(batch[0].kind, "task-received");
-        assert_eq!(batch[0].name.as_deref(), Some("tasks.add"));
-        let single = events("event-unbatched-task-received.json");
-        assert_eq!(single.len(), 1);
-        let sent = events("event-task-sent.json");
-        assert_eq!(sent[0].queue.as_deref(), Some("notifications"));
-        assert_eq!(sent[0].name.as_deref(), Some("tasks.notify"));
-        let prefixed = events("event-task-multi-prefixed-db5.json");
-        assert!(!prefixed.is_empty());
-    }
-
-    #[test]
-    fn wakeup_heartbeat_has_no_active() {
-        let e = events("event-worker-heartbeat-wakeup.json").remove(0);
-        assert_eq!(e.kind, "worker-heartbeat");
-        assert_eq!(e.active, None);
-        assert_eq!(e.freq, Some(5.0));
-        let regular = events("event-worker-heartbeat.json").remove(0);
-        assert_eq!(regular.freq, Some(2.0));
-        assert!(regular.active.is_some());
-    }
-
-    #[test]
-    fn malformed_and_unsupported() {
-        assert!(matches!(decode(b"not json"), Err(DecodeError::Envelope(_))));
-        assert!(matches!(
-            decode(br#"{"body": "!!!", "properties": {"body_encoding": "base64"}}"#),
-            Err(DecodeError::Base64)
-        ));
-        assert!(matches!(
-            decode(br#"{"body": "bm9wZQ==", "properties": {"body_encoding": "base64"}}"#),
-            Err(DecodeError::Body(_))
-        ));
-        assert_eq!(
-            decode(br#"{"body": "x", "content-type": "application/x-msgpack"}"#),
-            Ok(Decoded::Unsupported("application/x-msgpack".into()))
-        );
-        // body_encoding other than base64: the body is the JSON text itself.
-        let plain = br#"{"body": "{\"type\": \"worker-heartbeat\", \"hostname\": \"h\", \"freq\": 2.0, \"active\": 1}", "content-type": "application/json", "properties": {}}"#;
-        assert!(matches!(decode(plain), Ok(Decoded::Events(e)) if e[0].active == Some(1.0)));
-    }
+    use std::time::Duration;
 
     fn state() -> EventState {
         EventState::new(EventLimits::default())
@@ -1177,19 +859,6 @@ mod tests {
     }
 
     #[test]
-    fn patterns_escape_the_prefix() {
-        assert_eq!(channel_patterns("", &[0]), vec!["/0.celeryev*"]);
-        assert_eq!(
-            channel_patterns("pfx:", &[5, 6]),
-            vec!["pfx:/5.celeryev*", "pfx:/6.celeryev*"]
-        );
-        assert_eq!(
-            channel_patterns("a*[b]", &[1]),
-            vec!["a\\*\\[b\\]/1.celeryev*"]
-        );
-    }
-
-    #[test]
     fn stream_up_and_reconnects() {
         let mut s = state();
         s.set_stream_up(true);
@@ -1210,6 +879,7 @@ mod tests {
 
     mod fuzz {
         use super::*;
+        use base64::Engine;
         use proptest::prelude::*;
 
         proptest! {

@@ -10,7 +10,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::celery_events::{EventHub, OVERFLOW};
+use super::{SentAt, OVERFLOW};
 use crate::redis_conn::{escape_glob, SharedConnection};
 use crate::runner::{unix_now, Source};
 use crate::snapshot::Family;
@@ -235,7 +235,7 @@ pub fn families(
 pub struct CeleryQueueSource {
     config: QueueConfig,
     connection: Arc<SharedConnection>,
-    events: Option<Arc<EventHub>>,
+    events: Option<Arc<dyn SentAt>>,
     heads: Mutex<HeadsSeen>,
 }
 
@@ -243,7 +243,7 @@ impl CeleryQueueSource {
     pub fn new(
         config: QueueConfig,
         connection: Arc<SharedConnection>,
-        events: Option<Arc<EventHub>>,
+        events: Option<Arc<dyn SentAt>>,
     ) -> Self {
         CeleryQueueSource {
             config,
@@ -374,11 +374,7 @@ impl Source for CeleryQueueSource {
 
     async fn collect(&self) -> Result<Vec<Family>, QueueError> {
         let reading = self.connection.with(|conn| self.read(conn)).await?;
-        let lookup = |id: &str| {
-            self.events
-                .as_ref()
-                .and_then(|hub| hub.with(|s| s.sent_at(id)))
-        };
+        let lookup = |id: &str| self.events.as_ref().and_then(|events| events.sent_at(id));
         let mut heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
         let (families, next_heads) = families(&self.config, &reading, &heads, unix_now(), &lookup);
         *heads = next_heads;
