@@ -54,7 +54,11 @@ def pod_labels(workload):
 @pytest.fixture(scope="session")
 def rendered() -> dict:
     """{overlay: Rendered} for every overlay of k8s/overlays."""
-    return {o: Rendered(o, text, parse(text)) for o in OVERLAYS for text in [kustomize(K8S / "overlays" / o)]}
+    out = {}
+    for overlay in OVERLAYS:
+        text = kustomize(K8S / "overlays" / overlay)
+        out[overlay] = Rendered(overlay, text, parse(text))
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from support.services import Process, ThrowawayRedis
-from support.tools import ROOT, free_port, require, run
+from support.tools import ROOT, free_port, require
 
 from .conftest import pod_spec
 

@@ -10,12 +10,11 @@ import sys
 import pytest
 import yaml
 
-from support.tools import ROOT, free_port, require
+from support.tools import ROOT, free_port
 
 from .conftest import K8S, kustomize, parse, pod_spec
 from .fake_apiserver import Cluster, FakeApiServer
 from .netpol import Peer, allowed, pods
-from .conftest import Rendered
 
 VALIDATOR = ROOT / "tests/schemas/validate_manifests.py"
 
@@ -117,7 +116,7 @@ def test_install_applies_every_object_server_side_and_waits(monitoring_setup_bin
         assert request.content_type == "application/apply-patch+yaml"
         assert request.query.get("fieldManager") == "monitoring-setup"
         assert request.query.get("force") == "true"
-        assert f"/namespaces/bookedbarber/" in request.path
+        assert "/namespaces/bookedbarber/" in request.path
     assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == \
         sorted((r.doc["kind"], r.doc["metadata"]["name"]) for r in patches)
     assert all(r.doc in rendered for r in patches), "an applied object differs from the rendered one"

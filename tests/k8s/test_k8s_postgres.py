@@ -5,19 +5,24 @@ read-only role (exporter-role.sql) being all the real exporter needs."""
 import os
 import re
 import subprocess
+import sys
 import time
 import tomllib
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import yaml
 
 from support.services import POSTGRES_HOST, POSTGRES_PORT, exporter, psql, require_postgres
 from support.tools import ROOT, require, run
 
 from .conftest import pod_spec
+from .netpol import Peer, allowed, pods
+from .test_k8s_workloads import check_hardened
 
 ROLE_SQL = ROOT / "k8s/components/monitoring/exporter-role.sql"
+BACKUP_SHELL = ROOT / "k8s/tools/backup-shell.yaml"
 DUMP_NAME = re.compile(r"^bookedbarber-(\d{8}T\d{6}Z)\.dump$")
 
 
@@ -163,7 +168,7 @@ def test_the_backup_alert_watches_this_cronjob():
     """The alert is the alerts helper's (alerts/rules/); it must select this
     CronJob by name and fire after 26 hours without a successful run."""
     rules = [r for f in sorted((ROOT / "alerts/rules").glob("*.yaml"))
-             for g in __import__("yaml").safe_load(f.read_text())["groups"] for r in g["rules"]
+             for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]
              if "kube_cronjob_status_last_successful_time" in r.get("expr", "")]
     assert rules, "no alert on kube_cronjob_status_last_successful_time in alerts/rules/"
     name = "bookedbarber-postgres-backup"
@@ -175,6 +180,32 @@ def test_the_backup_alert_watches_this_cronjob():
     assert selecting, f"no backup alert selects cronjob={name}: {[r['expr'] for r in rules]}"
     assert any(re.search(r"26\s*\*\s*3600|93600|26h", r["expr"]) for r in selecting), \
         [r["expr"] for r in selecting]
+
+
+def test_the_backup_shell_can_reach_postgres_and_the_backups_only(production):
+    """k8s/tools/backup-shell.yaml, the pod docs/deploy.md restores from: it
+    validates, passes the namespace's Pod Security level, mounts the backup
+    volume and the CronJob's password, and its labels let it reach
+    PostgreSQL and nothing else."""
+    proc = subprocess.run([sys.executable, ROOT / "tests/schemas/validate_manifests.py", "-k", "1.30", BACKUP_SHELL],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+    shell = yaml.safe_load(BACKUP_SHELL.read_text())
+    check_hardened("backup-shell", shell["spec"], probes=False)
+    [c] = shell["spec"]["containers"]
+    [db] = pod_spec(production.get("StatefulSet", "bookedbarber-postgres"))["containers"]
+    assert c["image"] == db["image"]
+    volumes = {v["name"]: v for v in shell["spec"]["volumes"]}
+    job_volumes = {v["name"]: v for v in pod_spec(production.get("CronJob", "bookedbarber-postgres-backup"))["volumes"]}
+    assert volumes["backups"] == job_volumes["backups"] and volumes["password"] == job_volumes["password"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    job_env = cronjob_env(production)
+    assert all(env[k] == job_env[k] for k in ("PGHOST", "PGUSER", "PGDATABASE", "PGPASSWORD_FILE"))
+    policies = production.of_kind("NetworkPolicy")
+    me = Peer("backup-shell", "bookedbarber", shell["metadata"]["labels"])
+    reachable = {(p.name, port) for p in pods(production) for port in p.ports.values()
+                 if allowed(policies, me, p, port)}
+    assert reachable == {("postgres", 5432)}
 
 
 @pytest.fixture

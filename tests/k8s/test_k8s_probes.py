@@ -172,7 +172,8 @@ def test_the_exporter_accepts_its_manifest_arguments(rendered, exporter_bin, tmp
                 arg = arg.replace(path + "/", f"{local}/{name}/")
             args.append(arg)
         (local / "secret").mkdir(parents=True)
-        (local / "secret/postgres-dsn").write_text("postgres://bookedbarber_exporter:pw@bookedbarber-postgres:5432/bookedbarber\n")
+        (local / "secret/postgres-dsn").write_text(
+            "postgres://bookedbarber_exporter:pw@bookedbarber-postgres:5432/bookedbarber\n")
         (local / "secret/redis-url").write_text("redis://:pw@bookedbarber-redis:6379/0\n")
         (local / "queries").mkdir()
         queries = next(cm for cm in r.of_kind("ConfigMap")

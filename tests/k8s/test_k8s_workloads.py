@@ -83,41 +83,49 @@ def test_development_is_smallest_and_staging_in_between(rendered, overlay):
         return
     smaller = {"development": ("staging", "production"), "staging": ("production",)}[overlay]
     r = rendered[overlay]
-    for (kind, name, container), _ in PRODUCTION.items():
-        def requests(rr):
-            [c] = [c for c in pod_spec(rr.get(kind, name))["containers"] if c["name"] == container]
-            return cpu(c["resources"]["requests"]["cpu"]), size(c["resources"]["requests"]["memory"])
+    def size_of(rr, kind, name, container):
+        """CPU request, memory request, most replicas."""
+        workload = rr.get(kind, name)
+        [c] = [c for c in pod_spec(workload)["containers"] if c["name"] == container]
+        requests = c["resources"]["requests"]
+        return cpu(requests["cpu"]), size(requests["memory"]), replica_range(rr, workload)[1]
+
+    for key in PRODUCTION:
         for bigger in smaller:
-            mine, theirs = requests(r), requests(rendered[bigger])
-            assert mine[0] <= theirs[0] and mine[1] <= theirs[1], f"{overlay} {name} vs {bigger}"
-            assert replica_range(r, r.get(kind, name))[1] <= replica_range(rendered[bigger], rendered[bigger].get(kind, name))[1]
+            mine, theirs = size_of(r, *key), size_of(rendered[bigger], *key)
+            assert all(a <= b for a, b in zip(mine, theirs)), f"{overlay} {key[1]} {mine} vs {bigger} {theirs}"
+
+
+def check_hardened(name, pod, probes=True):
+    """Pod Security "restricted" and more: non-root (UID 10000 or above), no
+    privilege escalation, read-only root, no capabilities, seccomp, no
+    service-account token, requests and limits, and (unless a Job) probes."""
+    ctx = pod["securityContext"]
+    assert ctx.get("runAsNonRoot") is True, name
+    assert ctx.get("seccompProfile") == {"type": "RuntimeDefault"}, name
+    assert pod.get("automountServiceAccountToken") is False, f"{name} mounts a service-account token"
+    assert pod.get("hostNetwork") is not True and pod.get("hostPID") is not True, name
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        where = f"{name}/{c['name']}"
+        sc = c["securityContext"]
+        assert sc.get("allowPrivilegeEscalation") is False, where
+        assert sc.get("readOnlyRootFilesystem") is True, where
+        assert sc.get("capabilities") == {"drop": ["ALL"]}, where
+        assert sc.get("privileged") is not True, where
+        assert sc.get("runAsUser", ctx.get("runAsUser", 0)) >= 10000, f"{where}: UID below 10000"
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"].get(kind, {})), f"{where} {kind}"
+        if probes:
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                assert probe in c, f"{where} has no {probe}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_container_has_probes_limits_and_a_hardened_security_context(rendered, overlay):
     for w in rendered[overlay].workloads():
-        name = w["metadata"]["name"]
-        pod = pod_spec(w)
-        ctx = pod["securityContext"]
-        assert ctx.get("runAsNonRoot") is True, name
-        assert ctx.get("seccompProfile") == {"type": "RuntimeDefault"}, name
-        assert pod.get("automountServiceAccountToken") is False, f"{name} mounts a service-account token"
-        assert pod.get("hostNetwork") is not True and pod.get("hostPID") is not True, name
-        for c in pod.get("initContainers", []) + pod["containers"]:
-            where = f"{name}/{c['name']}"
-            sc = c["securityContext"]
-            assert sc.get("allowPrivilegeEscalation") is False, where
-            assert sc.get("readOnlyRootFilesystem") is True, where
-            assert sc.get("capabilities") == {"drop": ["ALL"]}, where
-            assert sc.get("privileged") is not True, where
-            assert sc.get("runAsUser", ctx.get("runAsUser", 0)) >= 10000, f"{where}: UID below 10000"
-            for kind in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(c["resources"].get(kind, {})), f"{where} {kind}"
-            # A Job's pod runs to completion: no traffic to be ready for, and
-            # a liveness probe could only kill a long dump half-way.
-            if w["kind"] != "CronJob":
-                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                    assert probe in c, f"{where} has no {probe}"
+        # A Job's pod runs to completion: no traffic to be ready for, and a
+        # liveness probe could only kill a long dump half-way.
+        check_hardened(w["metadata"]["name"], pod_spec(w), probes=w["kind"] != "CronJob")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -33,4 +33,4 @@ GRANT pg_monitor TO :"exporter_role";
 SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), :'exporter_role') \gexec
 GRANT USAGE ON SCHEMA public TO :"exporter_role";
 -- The tables config/business-queries.toml reads.
-GRANT SELECT ON TABLE users, appointments, payments, payouts TO :"exporter_role";
+GRANT SELECT ON TABLE users, appointments, payments, payouts, guest_bookings TO :"exporter_role";

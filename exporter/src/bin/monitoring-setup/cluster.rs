@@ -18,10 +18,12 @@ pub const FIELD_MANAGER: &str = "monitoring-setup";
 pub const EXPORTER: &str = "bookedbarber-exporter";
 pub const EXPORTER_SECRET: &str = "bookedbarber-exporter";
 
-const HELM_INSTALL: &str =
-    "  helm repo add prometheus-community https://prometheus-community.github.io/helm-charts\n  \
-     helm install kube-prometheus-stack prometheus-community/kube-prometheus-stack \
-     --namespace monitoring --create-namespace";
+const HELM_INSTALL: &str = "  \
+helm repo add prometheus-community https://prometheus-community.github.io/helm-charts
+  helm install kube-prometheus-stack prometheus-community/kube-prometheus-stack \\
+      --namespace monitoring --create-namespace \\
+      --set grafana.sidecar.dashboards.folderAnnotation=grafana_folder \\
+      --set grafana.sidecar.dashboards.provider.foldersFromFilesStructure=true";
 
 #[derive(Debug, Error)]
 pub enum ClusterError {

@@ -208,7 +208,8 @@ fn print_next_steps(cli: &Cli) {
         "\
 BookedBarber's monitoring runs in namespace {ns}. Next:
 
-  Grafana: the dashboards are in the folder \"BookedBarber\" (the sidecar loads them within a minute).
+  Grafana: the dashboards are in the folder \"BookedBarber\" (the sidecar loads them within a minute;
+  they land in General unless the chart sets grafana.sidecar.dashboards.folderAnnotation=grafana_folder).
     kubectl{context} -n {prom} port-forward svc/kube-prometheus-stack-grafana 3000:80
     open http://localhost:3000/dashboards?query=BookedBarber
 
