@@ -97,7 +97,7 @@ def board() -> Board:
             [Q(rate("bookedbarber_exporter_source_decreases_total", by="collector, metric", window="1h",
                     fn="increase"), "{{collector}} {{metric}}")],
             "short", decimals=0, thresholds=steps(OK, (3, WARN)), threshold_lines=True,
-            runbooks=["BookedBarberExporterSourceDecreasing"]),
+            runbooks=["BookedBarberExporterCounterDecreasing"]),
         timeseries_panel(
             "Series dropped by the cap, by collector",
             "Rows beyond the per-query series cap in each business collector's last collection.",
