@@ -23,11 +23,14 @@ def board() -> Board:
         "Bookings",
         timeseries_panel(
             "Bookings per hour, by channel",
-            "New bookings per hour, by how they were made: by registered clients or by guests without an "
-            "account. Measured over the last 5 minutes and scaled to an hour, so it reacts quickly.",
-            [Q(agg("sum", "namespace_channel:bookedbarber_appointments_created:rate5m", by="channel",
-                   base=NAMESPACE) + " * 3600", "{{channel}}")],
-            "short", stack=True),
+            "New bookings per hour: appointments (booked by clients or staff) and bookings made through the "
+            "guest checkout without an account. Measured over the last 5 minutes and scaled to an hour, so it "
+            "reacts quickly.",
+            [Q(agg("sum", "namespace:bookedbarber_appointments_created:rate5m", base=NAMESPACE) + " * 3600",
+               "appointments"),
+             Q(agg("sum", "namespace:bookedbarber_guest_bookings_created:rate5m", base=NAMESPACE) + " * 3600",
+               "guest checkout")],
+            "short"),
         timeseries_panel(
             "Bookings in the past hour: this week against last week",
             "Bookings created in the hour before each point in time, and the same for one week earlier. "

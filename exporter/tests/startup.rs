@@ -137,3 +137,27 @@ fn check_config_accepts_the_builtin_queries() {
         "configuration is valid"
     );
 }
+
+#[test]
+fn every_flag_in_help_is_in_the_readme() {
+    let help = std::process::Command::new(exporter_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let flags: std::collections::BTreeSet<&str> = help
+        .split(|c: char| c.is_whitespace() || ",[=()".contains(c))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .filter(|w| *w != "--help" && *w != "--version")
+        .collect();
+    assert!(flags.len() > 30, "too few flags found in --help: {flags:?}");
+    let missing: Vec<&&str> = flags
+        .iter()
+        .filter(|f| !readme.contains(&format!("`{f}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "flags of --help missing from README.md's table: {missing:?}"
+    );
+}

@@ -65,7 +65,8 @@ def test_every_metric_is_served_by_the_exporter_or_declared_external(demo_stack)
 # Recording rules that must have data while the demo runs (the dashboards
 # read them); the SLO ones need ingress-nginx, which the demo has not.
 DEMO_RECORDS = [
-    "namespace_channel:bookedbarber_appointments_created:rate5m",
+    "namespace:bookedbarber_appointments_created:rate5m",
+    "namespace:bookedbarber_guest_bookings_created:rate5m",
     "namespace:bookedbarber_appointments_created:increase1h",
     "namespace:bookedbarber_booking_conversion:ratio",
     "namespace:bookedbarber_payment_success:ratio",
