@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use sqlx::postgres::PgConnectOptions;
+use arc_swap::ArcSwap;
+use sqlx::postgres::{PgConnectOptions, PgPool};
 use tracing::{info, warn};
 
-use crate::business::{collector_name, BusinessHealth, BusinessQuerySource, QueryFile};
+use crate::business::{BusinessCollectors, BusinessHealth, QueryFile, QueryFileReloader};
 use crate::celery::{
     self, CeleryQueueSource, ConsumerConfig, DiscoveredQueues, EventHub, EventLimits, QueueConfig,
     QueueDiscoverySource, SentAt,
@@ -16,11 +17,12 @@ use crate::celery::{
 use crate::cli::Cli;
 use crate::exposition::Exposition;
 use crate::exposition::LiveFamilies;
+use crate::pg_cancel::Backends;
 use crate::postgres::{PostgresConfig, PostgresSource};
 use crate::redis_conn::{RedisTarget, SharedConnection};
 use crate::redis_server::RedisServerSource;
 use crate::reload::{Hangups, Reloaders};
-use crate::runner::{self, CollectorSlot, Schedule};
+use crate::runner::{self, CollectorSlot, Schedule, SlotList};
 use crate::web::WebSetup;
 
 pub const POSTGRES_DSN_ENV: &str = "BOOKEDBARBER_POSTGRES_DSN";
@@ -90,17 +92,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let mut slots = Vec::new();
     let mut live: Vec<Arc<dyn LiveFamilies>> = Vec::new();
-    match postgres_options {
-        Some(options) => start_postgres(&cli, options, queries, &mut slots, &mut live),
-        None => warn!("{POSTGRES_DSN_ENV} and --postgres.dsn-file are unset: PostgreSQL and business collectors are disabled"),
-    }
+    let postgres = match postgres_options {
+        Some(options) => Some(start_postgres(
+            &cli, options, queries, &mut slots, &mut live,
+        )),
+        None => {
+            warn!("{POSTGRES_DSN_ENV} and --postgres.dsn-file are unset: PostgreSQL and business collectors are disabled");
+            None
+        }
+    };
     match redis_target {
         Some(target) => start_redis_and_celery(&cli, target, &mut slots, &mut live),
         None => warn!("{REDIS_URL_ENV} and --redis.url-file are unset: Redis and Celery collectors are disabled"),
     }
 
+    let slots: SlotList = Arc::new(ArcSwap::from_pointee(slots));
     let reloaders = Reloaders::new();
     live.push(reloaders.clone());
+    let business = postgres.as_ref().and_then(|p| p.business.clone());
+    if let (Some(collectors), Some(path)) = (business, &cli.business_queries) {
+        reloaders.add(Arc::new(QueryFileReloader {
+            path: path.clone(),
+            collectors,
+            slots: slots.clone(),
+        }));
+    }
     let exposition = Arc::new(Exposition::new(slots, live));
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(exposition.clone()));
@@ -113,7 +129,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let server = web.into_server(registry, exposition, cli.telemetry_path, &reloaders);
     // Reloadable parts are registered above; reloads may start now.
     reloaders.listen(hangups);
-    server.serve(&cli.listen_address).await
+    let served = server.serve(&cli.listen_address).await;
+    if let Some(postgres) = &postgres {
+        // Statements still running on the server would outlive the process.
+        postgres
+            .backends
+            .cancel_running(&postgres.infra_pool, Duration::from_secs(2))
+            .await;
+    }
+    served
 }
 
 fn start_postgres(
@@ -122,8 +146,9 @@ fn start_postgres(
     queries: Option<QueryFile>,
     slots: &mut Vec<Arc<CollectorSlot>>,
     live: &mut Vec<Arc<dyn LiveFamilies>>,
-) {
+) -> PostgresParts {
     let target = PostgresConfig::describe(&options);
+    let backends = Backends::default();
     // A connection of its own for the PostgreSQL collector: business queries
     // that are slow or blocked by a lock must not turn pg_up to 0.
     let infra_pool = PostgresConfig {
@@ -131,18 +156,26 @@ fn start_postgres(
         max_connections: 1,
         statement_timeout: cli.postgres_timeout,
         acquire_timeout: cli.postgres_timeout,
+        backends: backends.clone(),
     }
     .pool();
     slots.push(runner::start(
         "postgres",
-        PostgresSource::new(infra_pool),
+        PostgresSource::new(infra_pool.clone()),
         Schedule {
             interval: cli.postgres_interval,
             timeout: cli.postgres_timeout,
         },
     ));
     info!(server = %target, interval = ?cli.postgres_interval, "PostgreSQL collector enabled");
-    let Some(file) = queries else { return };
+    let mut parts = PostgresParts {
+        infra_pool,
+        backends: backends.clone(),
+        business: None,
+    };
+    let Some(file) = queries else {
+        return parts;
+    };
     let longest_query = file.longest_timeout();
     let business_pool = PostgresConfig {
         options,
@@ -153,31 +186,25 @@ fn start_postgres(
         // Waiting for a pooled connection is part of a query's own time
         // limit, so it may wait as long as the longest one.
         acquire_timeout: longest_query,
+        backends: backends.clone(),
     }
     .pool();
-    let health = BusinessHealth::new(&file);
+    let health = Arc::new(BusinessHealth::default());
     live.push(health.clone());
     info!(server = %target, queries = file.queries.len(), connections = cli.postgres_max_connections - 1,
           "business collectors enabled");
-    let count = file.queries.len().max(1) as u32;
-    for (i, query) in file.queries.into_iter().enumerate() {
-        let schedule = query.schedule;
-        // Spread the first runs over up to a second per query (and never
-        // more than the interval), so the queries do not all queue for the
-        // pool at the same instant, nor stay aligned afterwards.
-        let spread = (schedule.interval / count).min(Duration::from_secs(1));
-        slots.push(runner::start_after(
-            collector_name(&query),
-            BusinessQuerySource::new(
-                query,
-                business_pool.clone(),
-                cli.business_max_series,
-                health.clone(),
-            ),
-            schedule,
-            spread * i as u32,
-        ));
-    }
+    let (collectors, started) =
+        BusinessCollectors::start(file, business_pool, cli.business_max_series, health);
+    slots.extend(started);
+    parts.business = Some(collectors);
+    parts
+}
+
+/// What the PostgreSQL side leaves running, for reloads and shutdown.
+struct PostgresParts {
+    infra_pool: PgPool,
+    backends: Backends,
+    business: Option<Arc<BusinessCollectors>>,
 }
 
 fn start_redis_and_celery(

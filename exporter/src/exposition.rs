@@ -10,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::runner::CollectorSlot;
+use crate::runner::SlotList;
 use crate::snapshot::{Family, Kind, Value};
 use crate::{logging, process};
 
@@ -22,13 +22,13 @@ pub trait LiveFamilies: std::fmt::Debug + Send + Sync + 'static {
 
 #[derive(Debug)]
 pub struct Exposition {
-    slots: Vec<Arc<CollectorSlot>>,
+    slots: SlotList,
     live: Vec<Arc<dyn LiveFamilies>>,
     build_info: Family,
 }
 
 impl Exposition {
-    pub fn new(slots: Vec<Arc<CollectorSlot>>, live: Vec<Arc<dyn LiveFamilies>>) -> Self {
+    pub fn new(slots: SlotList, live: Vec<Arc<dyn LiveFamilies>>) -> Self {
         let mut build_info = Family::gauge(
             "bookedbarber_exporter_build_info",
             "Always 1; the labels give the exporter's version and source revision.",
@@ -53,6 +53,7 @@ impl Exposition {
     /// Collectors that have not finished a first collection yet.
     pub fn pending(&self) -> Vec<String> {
         self.slots
+            .load()
             .iter()
             .filter(|s| !s.state().has_run)
             .map(|s| s.name.clone())
@@ -80,7 +81,7 @@ impl Exposition {
             "bookedbarber_exporter_source_decreases_total",
             "Times a counter's source value went down (business rows deleted, flagged as test data or corrected; a server restart or statistics reset) and the exporter continued it from its previous value instead.",
         );
-        for slot in &self.slots {
+        for slot in self.slots.load().iter() {
             let state = slot.state();
             let label = [("collector", slot.name.as_str())];
             // The error counter exists at 0 from the start, so the first
@@ -121,7 +122,7 @@ impl Collector for Exposition {
         {
             encode_family(&mut encoder, family)?;
         }
-        for slot in &self.slots {
+        for slot in self.slots.load().iter() {
             for family in slot.state().families.iter() {
                 encode_family(&mut encoder, family)?;
             }

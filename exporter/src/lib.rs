@@ -11,6 +11,7 @@ pub mod cli;
 pub mod exposition;
 pub mod logging;
 pub mod monotonic;
+pub mod pg_cancel;
 pub mod postgres;
 pub mod process;
 pub mod redis_conn;

@@ -10,6 +10,7 @@ use sqlx::{ConnectOptions, Row};
 use thiserror::Error;
 use tracing::{info, warn};
 
+use crate::pg_cancel::Backends;
 use crate::runner::Source;
 use crate::snapshot::Family;
 
@@ -31,6 +32,9 @@ pub struct PostgresConfig {
     /// collectors lower it per query).
     pub statement_timeout: Duration,
     pub acquire_timeout: Duration,
+    /// Where the pool's connections are remembered, to cancel their
+    /// statements at shutdown.
+    pub backends: Backends,
 }
 
 impl PostgresConfig {
@@ -71,7 +75,12 @@ impl PostgresConfig {
             // own per-statement warnings would repeat the SQL in the logs.
             .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(1))
             .log_statements(log::LevelFilter::Trace);
+        let backends = self.backends.clone();
         PgPoolOptions::new()
+            .after_connect(move |conn, _| {
+                let backends = backends.clone();
+                Box::pin(async move { backends.register(conn).await })
+            })
             .max_connections(self.max_connections)
             .min_connections(0)
             .acquire_timeout(self.acquire_timeout)

@@ -8,11 +8,12 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
+use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
 use crate::monotonic::{CounterPolicy, Decrease, MonotonicCounters};
@@ -78,14 +79,29 @@ pub struct SlotState {
 pub struct CollectorSlot {
     pub name: String,
     state: ArcSwap<SlotState>,
+    /// The task collecting into this slot, to stop it when its source is
+    /// removed (a business query dropped from the file on reload).
+    task: Mutex<Option<AbortHandle>>,
 }
+
+/// Every collector slot `/metrics` serves; replaced whole when a reload
+/// adds or removes collectors.
+pub type SlotList = Arc<ArcSwap<Vec<Arc<CollectorSlot>>>>;
 
 impl CollectorSlot {
     pub fn new(name: impl Into<String>) -> Arc<Self> {
         Arc::new(CollectorSlot {
             name: name.into(),
             state: ArcSwap::from_pointee(SlotState::default()),
+            task: Mutex::new(None),
         })
+    }
+
+    /// Stops the collector's task; its slot keeps its last state.
+    pub fn stop(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
     }
 
     pub fn state(&self) -> Arc<SlotState> {
@@ -144,10 +160,11 @@ pub fn start_after<S: Source>(
 ) -> Arc<CollectorSlot> {
     let slot = CollectorSlot::new(name);
     let running = slot.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         run(source, running, schedule).await
     });
+    *slot.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
     slot
 }
 

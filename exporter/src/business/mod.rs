@@ -5,6 +5,7 @@
 //! point `--business.queries` at their own file to add or change metrics
 //! without recompiling.
 
+mod collectors;
 mod config;
 mod rows;
 
@@ -17,6 +18,7 @@ use sqlx::postgres::PgPool;
 use thiserror::Error;
 use tracing::{info, warn};
 
+pub use collectors::{BusinessCollectors, QueryFileReloader};
 pub use config::{ConfigError, MetricDef, QueryDef, QueryFile, DEFAULT_QUERIES};
 
 use rows::{families_from_rows, ResultRow};
@@ -59,15 +61,14 @@ pub struct BusinessHealth {
 }
 
 impl BusinessHealth {
-    pub fn new(file: &QueryFile) -> Arc<Self> {
-        let dropped = file
-            .queries
-            .iter()
-            .map(|q| (collector_name(q), 0))
-            .collect();
-        Arc::new(BusinessHealth {
-            dropped: Mutex::new(dropped),
-        })
+    /// Lists exactly `collectors`: new ones at 0, removed ones gone.
+    fn track(&self, collectors: impl Iterator<Item = String>) {
+        let mut state = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = std::mem::take(&mut *state);
+        for name in collectors {
+            let n = previous.get(&name).copied().unwrap_or(0);
+            state.insert(name, n);
+        }
     }
 
     /// Records the rows dropped over the cap; logs when that starts and stops.
