@@ -808,3 +808,113 @@ async fn series_stay_bounded_with_1000_tables_and_5000_statements() {
     assert_eq!(m.collector_up("postgres_tables"), Some(1.0));
     assert_eq!(m.collector_up("postgres_statements"), Some(1.0));
 }
+
+/// Every family the deeper collectors can serve, conditional ones included
+/// (slots, standbys, pg_stat_statements), is in docs/metrics.md with its
+/// type: the bundle tests only see what the demo serves.
+#[test]
+fn every_depth_family_is_in_the_catalogue() {
+    use bookedbarber_exporter::postgres::{checkpoints, settings, statements, tables, wal};
+    use bookedbarber_exporter::snapshot::{Family, Kind};
+
+    let catalogue = std::fs::read_to_string(repo_root().join("docs/metrics.md")).unwrap();
+    let documented = |f: &Family| {
+        let kind = match f.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        catalogue.lines().any(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            cells.len() > 3 && cells[1].contains(&format!("`{}`", f.name)) && cells[2] == kind
+        })
+    };
+    let mut tracker = statements::StatementTracker::new(Default::default());
+    tracker.update(&statements::StatementsReading {
+        stats_reset: None,
+        rows: vec![statements::StatementRow {
+            queryid: Some(1),
+            counts: statements::Counts {
+                calls: 1.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+    });
+    tracker.add_texts(&[1], [(1, "SELECT 1".to_owned())]);
+    let all: Vec<Family> = [
+        tracker.families(),
+        tables::families(&[tables::TableStats {
+            table_size_bytes: Some(1.0),
+            index_size_bytes: Some(1.0),
+            ..Default::default()
+        }]),
+        checkpoints::families(&Default::default()),
+        wal::families(&wal::WalReading {
+            position_bytes: Some(1.0),
+            slots: vec![wal::Slot {
+                retained_bytes: Some(1.0),
+                safe_wal_size_bytes: Some(1.0),
+                wal_status: Some("reserved".into()),
+                ..Default::default()
+            }],
+            standbys: vec![wal::Standby {
+                replay_lag_bytes: Some(1.0),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        settings::families(&settings::SettingsReading {
+            settings: [
+                "autovacuum",
+                "autovacuum_freeze_max_age",
+                "autovacuum_multixact_freeze_max_age",
+                "autovacuum_vacuum_scale_factor",
+                "autovacuum_vacuum_threshold",
+                "checkpoint_timeout",
+                "max_wal_size",
+                "max_slot_wal_keep_size",
+            ]
+            .iter()
+            .map(|n| settings::SettingRow {
+                name: n.to_string(),
+                setting: "1".into(),
+                unit: if n.starts_with("max_") {
+                    "MB"
+                } else if *n == "checkpoint_timeout" {
+                    "s"
+                } else {
+                    ""
+                }
+                .into(),
+                vartype: "integer".into(),
+            })
+            .collect(),
+            databases: vec![("db".into(), 1.0, 1.0)],
+        }),
+    ]
+    .concat();
+    let empty: Vec<&str> = all
+        .iter()
+        .filter(|f| f.samples.is_empty())
+        .map(|f| f.name.as_ref())
+        .collect();
+    assert!(empty.is_empty(), "the synthetic readings miss {empty:?}");
+    assert!(all.len() >= 60, "{} families", all.len());
+    let missing: Vec<String> = all
+        .iter()
+        .filter(|f| !documented(f))
+        .map(|f| format!("{} ({:?})", f.name, f.kind))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in docs/metrics.md with this type: {missing:?}"
+    );
+    for f in &all {
+        assert!(
+            f.help.len() > 20,
+            "{}: help too short for a stranger",
+            f.name
+        );
+    }
+}

@@ -41,6 +41,14 @@ async fn pg_up_follows_the_server_and_metrics_keep_serving() {
     );
     // The business queries fail too, each reported on its own.
     assert_eq!(m.collector_up("business_appointments_by_status"), Some(0.0));
+    // So do the deeper collectors, serving nothing stale.
+    let m = exporter
+        .wait_for("the deeper collectors to fail", long, |m| {
+            m.collector_up("postgres_wal") == Some(0.0)
+                && m.collector_up("postgres_settings") == Some(0.0)
+        })
+        .await;
+    assert!(m.get("pg_wal_bytes_total", &[]).is_none());
 
     cluster.start();
     let m = exporter
@@ -50,6 +58,12 @@ async fn pg_up_follows_the_server_and_metrics_keep_serving() {
         .await;
     assert_eq!(m.collector_up("postgres"), Some(1.0));
     assert!(!m.family("pg_database_size_bytes").is_empty());
+    exporter
+        .wait_for("the deeper collectors to recover", long, |m| {
+            m.collector_up("postgres_wal") == Some(1.0)
+                && m.get("pg_wal_bytes_total", &[]).is_some()
+        })
+        .await;
     let logs = exporter.logs();
     assert!(
         logs.contains("msg=\"collector recovered\"") && logs.contains("collector=postgres"),

@@ -328,10 +328,15 @@ impl StatementTracker {
         ids.into_iter().collect()
     }
 
-    /// Remembers texts (truncated, made safe) for served `queryid`s, and
-    /// forgets those of statements no longer served.
-    pub fn add_texts(&mut self, texts: impl IntoIterator<Item = (i64, String)>) {
-        for (id, text) in texts {
+    /// Remembers the texts found for the `queryid`s asked for (truncated,
+    /// made safe), and forgets those of statements no longer served. An id
+    /// asked for but not found (its entry was reset or evicted) is noted
+    /// as having no text, so it is not asked for again every collection.
+    pub fn add_texts(&mut self, asked: &[i64], found: impl IntoIterator<Item = (i64, String)>) {
+        for id in asked {
+            self.texts.insert(id.to_string(), String::new());
+        }
+        for (id, text) in found {
             self.texts
                 .insert(id.to_string(), clean_text(&text, self.config.query_length));
         }
@@ -391,7 +396,7 @@ impl StatementTracker {
             if let Some(m) = self.means.get(key) {
                 mean.push(labels, *m);
             }
-            if let Some(t) = self.texts.get(&key.2) {
+            if let Some(t) = self.texts.get(&key.2).filter(|t| !t.is_empty()) {
                 texts_served.insert((key.2.as_str(), t.as_str()));
             }
         }
@@ -474,10 +479,13 @@ enum Availability {
     NotLoaded,
 }
 
+/// One row whatever happens: the database, and the extension's version and
+/// schema when it is installed there.
 const EXTENSION_SQL: &str = "\
-SELECT e.extversion, n.nspname::text, current_database()::text
-FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-WHERE e.extname = 'pg_stat_statements'";
+SELECT current_database()::text, e.extversion, n.nspname::text
+FROM (SELECT 1) one
+LEFT JOIN (pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace)
+       ON e.extname = 'pg_stat_statements'";
 
 /// `"1.10"` → (1, 10).
 fn parse_version(v: &str) -> (u32, u32) {
@@ -577,19 +585,15 @@ impl StatementsSource {
 
     async fn collect_inner(&self) -> Result<Vec<Family>, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        let Some(ext) = sqlx::query(EXTENSION_SQL)
-            .fetch_optional(&mut *conn)
-            .await?
-        else {
-            let db: String = sqlx::query_scalar("SELECT current_database()::text")
-                .fetch_one(&mut *conn)
-                .await?;
-            self.note(Availability::NotInstalled, &db);
+        let ext = sqlx::query(EXTENSION_SQL).fetch_one(&mut *conn).await?;
+        let database: String = ext.try_get(0)?;
+        let (Some(extversion), Some(schema)) = (
+            ext.try_get::<Option<String>, _>(1)?,
+            ext.try_get::<Option<String>, _>(2)?,
+        ) else {
+            self.note(Availability::NotInstalled, &database);
             return Ok(vec![available_family(false)]);
         };
-        let extversion: String = ext.try_get(0)?;
-        let schema: String = ext.try_get(1)?;
-        let database: String = ext.try_get(2)?;
         let rows = match sqlx::query(sqlx::AssertSqlSafe(stats_sql(&schema, &extversion)))
             .fetch_all(&mut *conn)
             .await
@@ -642,7 +646,7 @@ impl StatementsSource {
                     ))
                 })
                 .collect::<Result<_, sqlx::Error>>()?;
-            self.tracker().add_texts(texts);
+            self.tracker().add_texts(&missing, texts);
         }
         Ok(self.tracker().families())
     }
@@ -898,10 +902,13 @@ mod tests {
             row("app", 2, 1.0, 4.0),
         ]));
         assert_eq!(t.missing_texts(), vec![1, 2]);
-        t.add_texts([
-            (1, "SELECT *\n  FROM appointments\tWHERE id = $1".to_owned()),
-            (2, "ALTER ROLE x PASSWORD 'hunter2'".to_owned()),
-        ]);
+        t.add_texts(
+            &[1, 2],
+            [
+                (1, "SELECT *\n  FROM appointments\tWHERE id = $1".to_owned()),
+                (2, "ALTER ROLE x PASSWORD 'hunter2'".to_owned()),
+            ],
+        );
         assert!(t.missing_texts().is_empty());
         let f = t.families();
         let text = find(&f, "pg_stat_statements_query_id").unwrap();
@@ -913,6 +920,24 @@ mod tests {
             Some(1.0)
         );
         assert!(!format!("{f:?}").contains("hunter2"));
+        // A text pg_stat_statements no longer has is not asked for again
+        // at every collection (each ask reads the whole text file).
+        t.update(&reading(vec![
+            row("app", 1, 1.0, 5.0),
+            row("app", 2, 1.0, 4.0),
+            row("app", 3, 9.0, 90.0),
+        ]));
+        assert_eq!(t.missing_texts(), vec![3]);
+        t.add_texts(&[3], []);
+        assert!(t.missing_texts().is_empty());
+        let f = t.families();
+        assert_eq!(
+            find(&f, "pg_stat_statements_query_id")
+                .unwrap()
+                .samples
+                .len(),
+            2
+        );
         assert_eq!(clean_text("abcdef", 3), "abc…");
         assert_eq!(clean_text("é€ü", 2), "é€…");
 
