@@ -32,7 +32,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 /// Which collector runs a statement, from its text.
 fn collector_of(query: &str) -> &'static str {
     let q = query.to_lowercase();
-    if q.contains("pg_stat_statements") || q.contains("from pg_extension") {
+    if q.contains("pg_stat_statements") || q.contains("pg_extension") {
         "postgres_statements"
     } else if q.contains("pg_stat_user_tables") {
         "postgres_tables"

@@ -594,8 +594,20 @@ async fn an_inactive_slot_shows_growing_retained_wal_and_checkpoints_count() {
     };
     let before = requested(admin.clone()).await;
     sqlx::query("CHECKPOINT").execute(&admin).await.unwrap();
-    let truth = requested(admin.clone()).await;
-    assert!(truth > before);
+    // The checkpointer publishes its statistics just after it reports the
+    // checkpoint done.
+    let deadline = std::time::Instant::now() + WAIT;
+    let truth = loop {
+        let now = requested(admin.clone()).await;
+        if now > before {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CHECKPOINT never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let m = exporter
         .wait_for("the checkpoint", WAIT, |m| {
             m.get("pg_stat_bgwriter_checkpoints_req_total", &[]) == Some(truth)

@@ -426,6 +426,32 @@ impl StatementTracker {
     }
 }
 
+/// Adds up rows of the same entry: with `pg_stat_statements.track = all`,
+/// a statement run both at top level and nested has a row for each (and
+/// entries without a visible queryid share one key per database and role).
+pub fn merge_rows(rows: Vec<StatementRow>) -> Vec<StatementRow> {
+    let mut index: HashMap<EntryKey, usize> = HashMap::with_capacity(rows.len());
+    let mut merged: Vec<StatementRow> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key = (row.dbid, row.userid, row.queryid);
+        match index.get(&key) {
+            Some(&i) => {
+                let into = &mut merged[i];
+                into.counts.add(&row.counts);
+                into.stats_since = match (into.stats_since, row.stats_since) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            None => {
+                index.insert(key, merged.len());
+                merged.push(row);
+            }
+        }
+    }
+    merged
+}
+
 fn add_increase(acc: &mut Accumulator, increase: &Counts, first: bool) {
     if first || acc.born {
         acc.total.add(increase);
@@ -510,7 +536,7 @@ pub fn stats_sql(schema: &str, extversion: &str) -> String {
         "total_time"
     };
     let since = if version >= (1, 11) {
-        "max(EXTRACT(EPOCH FROM s.stats_since))::float8"
+        "EXTRACT(EPOCH FROM s.stats_since)::float8"
     } else {
         "NULL::float8"
     };
@@ -519,15 +545,17 @@ pub fn stats_sql(schema: &str, extversion: &str) -> String {
     } else {
         "NULL::float8".to_owned()
     };
+    // No GROUP BY: summing bigint columns goes through numeric and costs
+    // more than reading the view; the rare duplicates (top-level and nested
+    // rows of one statement) are added up by the exporter.
     format!(
         "SELECT s.dbid::int8, s.userid::int8, s.queryid, d.datname::text, r.rolname::text,
-                sum(s.calls)::float8, (sum(s.{exec}) / 1000)::float8, sum(s.rows)::float8,
-                sum(s.shared_blks_hit)::float8, sum(s.shared_blks_read)::float8,
+                s.calls::float8, (s.{exec} / 1000)::float8, s.rows::float8,
+                s.shared_blks_hit::float8, s.shared_blks_read::float8,
                 {since}, {reset}
          FROM {schema}.pg_stat_statements(false) s
          LEFT JOIN pg_database d ON d.oid = s.dbid
-         LEFT JOIN pg_roles r ON r.oid = s.userid
-         GROUP BY 1, 2, 3, 4, 5"
+         LEFT JOIN pg_roles r ON r.oid = s.userid"
     )
 }
 
@@ -627,6 +655,7 @@ impl StatementsSource {
                 stats_since: r.try_get(10)?,
             });
         }
+        reading.rows = merge_rows(std::mem::take(&mut reading.rows));
         let (missing, length) = {
             let mut tracker = self.tracker();
             tracker.update(&reading);
@@ -951,6 +980,24 @@ mod tests {
     }
 
     #[test]
+    fn top_level_and_nested_rows_are_added_up() {
+        let mut nested = row("app", 1, 2.0, 20.0);
+        nested.stats_since = Some(5.0);
+        let rows = merge_rows(vec![
+            row("app", 1, 10.0, 100.0),
+            row("app", 2, 1.0, 1.0),
+            nested,
+        ]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].counts.calls, 12.0);
+        assert!((rows[0].counts.exec_seconds - 0.12).abs() < 1e-12);
+        assert_eq!(rows[0].stats_since, Some(5.0));
+        let mut hidden = row("app", 0, 1.0, 1.0);
+        hidden.queryid = None;
+        assert_eq!(merge_rows(vec![hidden.clone(), hidden]).len(), 1);
+    }
+
+    #[test]
     fn statements_sql_follows_the_extension_version() {
         let v110 = stats_sql("public", "1.10");
         assert!(v110.contains("total_exec_time") && v110.contains("pg_stat_statements_info"));
@@ -961,7 +1008,7 @@ mod tests {
         let v13 = stats_sql("public", "1.8");
         assert!(v13.contains("total_exec_time") && !v13.contains("pg_stat_statements_info"));
         let v12 = stats_sql("public", "1.7");
-        assert!(v12.contains("sum(s.total_time)"));
+        assert!(v12.contains("s.total_time / 1000"));
         assert_eq!(parse_version("1.10"), (1, 10));
         assert!(parse_version("1.10") > parse_version("1.9"));
     }

@@ -17,20 +17,24 @@ use crate::snapshot::Family;
 /// Named tables matched at most (a name may exist in many schemas).
 pub const MAX_LISTED_TABLES: i64 = 100;
 
-/// The tables are ranked by the pages the catalog knows (`relpages`, kept by
-/// VACUUM, ANALYZE and CREATE INDEX), which costs no file system call and no
-/// lock. Exact sizes are then read for the chosen tables only, and skipped
+/// The tables are ranked from the catalog alone, by the pages it knows
+/// (`relpages`, kept by VACUUM, ANALYZE and CREATE INDEX): no statistics
+/// functions for every table, no file system call, no lock. The statistics
+/// views are then read for the chosen tables only (LATERAL, so the relid
+/// reaches inside the views). Exact sizes are then read for the chosen tables only, and skipped
 /// for a table (or one of its indexes) on which an ACCESS EXCLUSIVE lock is
 /// held or awaited: `pg_table_size` would queue behind a migration's lock
 /// and stall the collection, and every collector sharing its connection.
 const TABLES_SQL: &str = "\
 WITH t AS (
-  SELECT s.relid,
-         (s.relname = ANY($1) OR s.schemaname || '.' || s.relname = ANY($1)) AS listed,
+  SELECT c.oid AS relid,
+         (c.relname = ANY($1) OR n.nspname || '.' || c.relname = ANY($1)) AS listed,
          c.relpages::float8 + COALESCE(tc.relpages, 0)::float8 AS pages
-  FROM pg_stat_user_tables s
-  JOIN pg_class c ON c.oid = s.relid
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_class tc ON tc.oid = c.reltoastrelid
+  WHERE c.relkind IN ('r', 'p', 'm')
+    AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
 ), chosen AS (
   (SELECT relid FROM t WHERE listed ORDER BY pages DESC, relid LIMIT $2)
   UNION ALL
@@ -61,8 +65,8 @@ SELECT current_database()::text, s.schemaname::text, s.relname::text,
        CASE WHEN l.relid IS NULL THEN pg_table_size(s.relid)::float8 END,
        CASE WHEN l.relid IS NULL THEN pg_indexes_size(s.relid)::float8 END
 FROM chosen ch
-JOIN pg_stat_user_tables s ON s.relid = ch.relid
-LEFT JOIN pg_statio_user_tables io ON io.relid = ch.relid
+JOIN LATERAL (SELECT * FROM pg_stat_user_tables u WHERE u.relid = ch.relid) s ON true
+LEFT JOIN LATERAL (SELECT * FROM pg_statio_user_tables i WHERE i.relid = ch.relid) io ON true
 LEFT JOIN locked l ON l.relid = ch.relid
 ORDER BY 2, 3";
 
