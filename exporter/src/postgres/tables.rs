@@ -84,9 +84,9 @@ pub struct TableStats {
     pub datname: String,
     pub schemaname: String,
     pub relname: String,
-    /// seq_scan … idx_blks_hit, in the order of [`COUNTERS`] and
-    /// [`GAUGES`]: see `read`.
+    /// The counters, in the order of `COUNTERS`.
     pub counters: [f64; 16],
+    /// The gauges, in the order of `GAUGES`.
     pub gauges: [f64; 7],
     pub table_size_bytes: Option<f64>,
     pub index_size_bytes: Option<f64>,
@@ -242,9 +242,10 @@ impl Source for TableSource {
         Ok(families(&self.read().await?))
     }
 
-    /// A table dropped and made again under the same name starts its
-    /// counters at 0; the runner continues them. A table that leaves the
-    /// top N by size simply stops being served.
+    /// The default: a table dropped and made again under the same name
+    /// starts its counters at 0, and the runner continues them; a table
+    /// that leaves the top N by size stops being served (it is not kept at
+    /// its last value, which would keep every table ever ranked).
     fn counter_policy(&self) -> CounterPolicy {
         CounterPolicy::default()
     }
