@@ -10,9 +10,18 @@ from support.tools import ROOT
 # not create, each with the condition.
 CONDITIONAL = {
     "celery_queues_untracked": "only when more queues than --celery.max-queues exist",
-    "bookedbarber_exporter_config_last_reload_successful": "only for configuration files given (--web.config.file)",
-    "bookedbarber_exporter_config_last_reload_success_timestamp_seconds": "only for configuration files given (--web.config.file)",
-    "bookedbarber_exporter_config_reload_failures_total": "only for configuration files given (--web.config.file)",
+    "bookedbarber_exporter_config_last_reload_successful": "only for configuration files given (--web.config.file, --business.queries)",
+    "bookedbarber_exporter_config_last_reload_success_timestamp_seconds": "only for configuration files given (--web.config.file, --business.queries)",
+    "bookedbarber_exporter_config_reload_failures_total": "only for configuration files given (--web.config.file, --business.queries)",
+    **{name: "only with pg_stat_statements installed and preloaded" for name in (
+        "pg_stat_statements_calls_total", "pg_stat_statements_seconds_total", "pg_stat_statements_rows_total",
+        "pg_stat_statements_shared_blks_hit_total", "pg_stat_statements_shared_blks_read_total",
+        "pg_stat_statements_mean_seconds", "pg_stat_statements_query_id")},
+    **{name: "only while replication slots exist" for name in (
+        "pg_replication_slot_slot_is_active", "pg_replication_slot_retained_wal_bytes",
+        "pg_replication_slot_wal_status", "pg_replication_slot_safe_wal_size_bytes")},
+    **{name: "only on a primary with standbys connected" for name in (
+        "pg_stat_replication_pg_wal_lsn_diff", "pg_stat_replication_replay_lag_seconds")},
 }
 
 ROW = re.compile(r"^\|\s*(`[^|]+)\|\s*([a-z]*)\s*\|")

@@ -18,6 +18,11 @@ use crate::cli::Cli;
 use crate::exposition::Exposition;
 use crate::exposition::LiveFamilies;
 use crate::pg_cancel::Backends;
+use crate::postgres::checkpoints::CheckpointSource;
+use crate::postgres::settings::SettingsSource;
+use crate::postgres::statements::{StatementsConfig, StatementsSource};
+use crate::postgres::tables::{TableConfig, TableSource};
+use crate::postgres::wal::WalSource;
 use crate::postgres::{PostgresConfig, PostgresSource};
 use crate::redis_conn::{RedisTarget, SharedConnection};
 use crate::redis_server::RedisServerSource;
@@ -156,18 +161,21 @@ fn start_postgres(
         max_connections: 1,
         statement_timeout: cli.postgres_timeout,
         acquire_timeout: cli.postgres_timeout,
+        lock_timeout: None,
         backends: backends.clone(),
     }
     .pool();
+    let schedule = Schedule {
+        interval: cli.postgres_interval,
+        timeout: cli.postgres_timeout,
+    };
     slots.push(runner::start(
         "postgres",
         PostgresSource::new(infra_pool.clone()),
-        Schedule {
-            interval: cli.postgres_interval,
-            timeout: cli.postgres_timeout,
-        },
+        schedule,
     ));
     info!(server = %target, interval = ?cli.postgres_interval, "PostgreSQL collector enabled");
+    start_postgres_depth(cli, options.clone(), &backends, slots);
     let mut parts = PostgresParts {
         infra_pool,
         backends: backends.clone(),
@@ -179,19 +187,20 @@ fn start_postgres(
     let longest_query = file.longest_timeout();
     let business_pool = PostgresConfig {
         options,
-        max_connections: cli.postgres_max_connections - 1,
+        max_connections: cli.postgres_max_connections - DEDICATED_CONNECTIONS,
         // Each query sets its own limit before it runs; this only covers a
         // connection's first statement.
         statement_timeout: longest_query,
         // Waiting for a pooled connection is part of a query's own time
         // limit, so it may wait as long as the longest one.
         acquire_timeout: longest_query,
+        lock_timeout: None,
         backends: backends.clone(),
     }
     .pool();
     let health = Arc::new(BusinessHealth::default());
     live.push(health.clone());
-    info!(server = %target, queries = file.queries.len(), connections = cli.postgres_max_connections - 1,
+    info!(server = %target, queries = file.queries.len(), connections = cli.postgres_max_connections - DEDICATED_CONNECTIONS,
           "business collectors enabled");
     let (collectors, started) =
         BusinessCollectors::start(file, business_pool, cli.business_max_series, health);
@@ -205,6 +214,94 @@ struct PostgresParts {
     infra_pool: PgPool,
     backends: Backends,
     business: Option<Arc<BusinessCollectors>>,
+}
+
+/// Connections not shared with the business queries: the PostgreSQL
+/// collector's own and the one of the deeper PostgreSQL collectors.
+const DEDICATED_CONNECTIONS: u32 = 2;
+
+/// The statement, table, checkpoint, WAL and settings collectors: one
+/// connection shared by all of them, so they add one connection whatever
+/// their number and never take the one `pg_up` depends on. Each is its own
+/// collector, so one failing hides none of the others.
+fn start_postgres_depth(
+    cli: &Cli,
+    options: PgConnectOptions,
+    backends: &Backends,
+    slots: &mut Vec<Arc<CollectorSlot>>,
+) {
+    let pool = PostgresConfig {
+        options,
+        max_connections: 1,
+        statement_timeout: cli.postgres_timeout,
+        acquire_timeout: cli.postgres_timeout,
+        // Nothing they read should wait on a lock (the table sizes skip
+        // tables under an exclusive lock); should one anyway, it gives up
+        // quickly rather than hold the connection the others need.
+        lock_timeout: Some((cli.postgres_timeout / 4).max(Duration::from_millis(100))),
+        backends: backends.clone(),
+    }
+    .pool();
+    let every = |interval| Schedule {
+        interval,
+        timeout: cli.postgres_timeout,
+    };
+    // Spread over the first second, so they do not queue for the
+    // connection at the same instant, nor stay aligned afterwards.
+    let step = Duration::from_millis(150);
+    slots.push(runner::start_after(
+        "postgres_checkpoints",
+        CheckpointSource::new(pool.clone()),
+        every(cli.postgres_interval),
+        step,
+    ));
+    slots.push(runner::start_after(
+        "postgres_wal",
+        WalSource::new(pool.clone()),
+        every(cli.postgres_interval),
+        step * 2,
+    ));
+    slots.push(runner::start_after(
+        "postgres_settings",
+        SettingsSource::new(pool.clone()),
+        every(cli.postgres_interval),
+        step * 3,
+    ));
+    if cli.postgres_tables_enabled {
+        let config = TableConfig {
+            tables: cli
+                .postgres_tables
+                .iter()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            limit: cli.postgres_tables_limit as usize,
+        };
+        slots.push(runner::start_after(
+            "postgres_tables",
+            TableSource::new(pool.clone(), config),
+            every(cli.postgres_tables_interval),
+            step * 4,
+        ));
+    }
+    if cli.postgres_statements_enabled {
+        let config = StatementsConfig {
+            limit: cli.postgres_statements_limit as usize,
+            include_query: cli.postgres_statements_include_query,
+            query_length: cli.postgres_statements_query_length as usize,
+        };
+        slots.push(runner::start_after(
+            "postgres_statements",
+            StatementsSource::new(pool, config),
+            every(cli.postgres_statements_interval),
+            step * 5,
+        ));
+    }
+    info!(
+        statements = cli.postgres_statements_enabled,
+        tables = cli.postgres_tables_enabled,
+        "PostgreSQL statement, table, checkpoint, WAL and settings collectors enabled"
+    );
 }
 
 fn start_redis_and_celery(

@@ -55,11 +55,62 @@ pub struct Cli {
     pub postgres_timeout: Duration,
 
     /// Connections the exporter may open to PostgreSQL in all: one is the
-    /// PostgreSQL collector's own, the others are shared by the business
-    /// queries.
-    #[arg(long = "postgres.max-connections", default_value_t = 3,
-          value_parser = clap::value_parser!(u32).range(2..=20))]
+    /// PostgreSQL collector's own, one is shared by the statement, table,
+    /// checkpoint, WAL and settings collectors, the others are shared by the
+    /// business queries.
+    #[arg(long = "postgres.max-connections", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(3..=20))]
     pub postgres_max_connections: u32,
+
+    /// Collect query performance from pg_stat_statements (when the extension
+    /// is installed in the exporter's database).
+    #[arg(long = "postgres.statements.enabled", default_value_t = true, action = clap::ArgAction::Set)]
+    pub postgres_statements_enabled: bool,
+
+    /// How often pg_stat_statements is read; the top statements are ranked
+    /// by execution time over this interval.
+    #[arg(long = "postgres.statements.interval", default_value = "30s", value_parser = parse_duration)]
+    pub postgres_statements_interval: Duration,
+
+    /// Statements with series of their own (by execution time since the
+    /// previous collection); the rest are summed per database as
+    /// queryid="__other__".
+    #[arg(long = "postgres.statements.limit", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub postgres_statements_limit: u32,
+
+    /// Serve pg_stat_statements_query_id, which maps each queryid to its
+    /// normalised query text.
+    #[arg(long = "postgres.statements.include-query", default_value_t = true, action = clap::ArgAction::Set)]
+    pub postgres_statements_include_query: bool,
+
+    /// Characters of query text kept in pg_stat_statements_query_id.
+    #[arg(long = "postgres.statements.query-length", default_value_t = 120,
+          value_parser = clap::value_parser!(u32).range(10..=2000))]
+    pub postgres_statements_query_length: u32,
+
+    /// Collect table health (pg_stat_user_tables, pg_statio_user_tables) of
+    /// the exporter's database.
+    #[arg(long = "postgres.tables.enabled", default_value_t = true, action = clap::ArgAction::Set)]
+    pub postgres_tables_enabled: bool,
+
+    /// How often table statistics are read.
+    #[arg(long = "postgres.tables.interval", default_value = "30s", value_parser = parse_duration)]
+    pub postgres_tables_interval: Duration,
+
+    /// Tables always reported (comma-separated; `name` in any schema or
+    /// `schema.name`): BookedBarber's business tables by default.
+    #[arg(
+        long = "postgres.tables",
+        value_delimiter = ',',
+        default_value = "users,appointments,payments,payouts,guest_bookings,refunds"
+    )]
+    pub postgres_tables: Vec<String>,
+
+    /// The largest other tables reported besides those of --postgres.tables.
+    #[arg(long = "postgres.tables.limit", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(0..=500))]
+    pub postgres_tables_limit: u32,
 
     /// Business query file (TOML). The shipped BookedBarber queries are used
     /// when unset.
@@ -372,6 +423,19 @@ mod tests {
         );
         assert_eq!(cli.telemetry_path, "/metrics");
         assert!(cli.business_enabled);
+        assert_eq!(cli.postgres_max_connections, 4);
+        assert_eq!(cli.postgres_statements_limit, 20);
+        assert_eq!(cli.postgres_tables.len(), 6);
+        assert!(Cli::try_parse_from(["x", "--postgres.max-connections", "2"]).is_err());
+        let cli = Cli::try_parse_from([
+            "x",
+            "--postgres.tables",
+            "public.payments,users",
+            "--postgres.statements.enabled=false",
+        ])
+        .unwrap();
+        assert_eq!(cli.postgres_tables, vec!["public.payments", "users"]);
+        assert!(!cli.postgres_statements_enabled);
         let cli =
             Cli::try_parse_from(["x", "--business.enabled=false", "--log.format=json"]).unwrap();
         assert!(!cli.business_enabled);

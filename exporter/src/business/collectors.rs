@@ -9,9 +9,11 @@ use futures_util::future::BoxFuture;
 use sqlx::postgres::PgPool;
 use tracing::info;
 
-use super::{collector_name, BusinessHealth, BusinessQuerySource, QueryDef, QueryFile};
+use super::{
+    collector_name, BusinessHealth, BusinessQuerySource, QueryDef, QueryFile, RUNNER_GRACE,
+};
 use crate::reload::{BoxError, Reloader};
-use crate::runner::{self, CollectorSlot, SlotList};
+use crate::runner::{self, CollectorSlot, Schedule, SlotList};
 
 pub struct BusinessCollectors {
     pool: PgPool,
@@ -39,7 +41,12 @@ impl BusinessCollectors {
     }
 
     fn start_query(&self, query: QueryDef, delay: Duration) -> Arc<CollectorSlot> {
-        let schedule = query.schedule;
+        // The query enforces its own limit (see BusinessQuerySource::read);
+        // the runner's is only a backstop.
+        let schedule = Schedule {
+            timeout: query.schedule.timeout + RUNNER_GRACE,
+            ..query.schedule
+        };
         runner::start_after(
             collector_name(&query),
             BusinessQuerySource::new(

@@ -32,15 +32,21 @@ use crate::snapshot::Family;
 /// `--business.max-series` says otherwise.
 pub const DEFAULT_MAX_SERIES: usize = 1000;
 
-/// Time left for the exporter to receive PostgreSQL's own timeout error
-/// before its client-side limit gives up on the collection.
-const SERVER_TIMEOUT_MARGIN: Duration = Duration::from_millis(250);
+/// Time a query must have left, once it holds a connection, to be worth
+/// starting.
 const MIN_SERVER_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How much longer than a query's own limit the runner waits before it
+/// abandons the collection: the server's cancellation (at the query's limit)
+/// should always come first, so that connections go back to the pool clean.
+pub const RUNNER_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum QueryError {
     #[error("timed out after {0:?} (cancelled on the server by statement_timeout)")]
     Timeout(Duration),
+    #[error("timed out after {0:?} waiting for a free connection: the business queries share too few (raise --postgres.max-connections, or lengthen their intervals)")]
+    NoConnection(Duration),
     #[error("{0}")]
     Database(#[from] sqlx::Error),
     #[error("{0}")]
@@ -145,14 +151,25 @@ impl BusinessQuerySource {
             }
             _ => QueryError::Database(e),
         };
-        let mut conn = self.pool.acquire().await?;
+        // Waiting for a connection is part of the query's time limit. Giving
+        // up on the wait is clean; giving up on a running statement is not
+        // (the connection would go back to the pool mid-statement), so the
+        // statement itself is left to the server's limit below.
+        let mut conn = match tokio::time::timeout(timeout, self.pool.acquire()).await {
+            Ok(conn) => conn.map_err(|e| match e {
+                sqlx::Error::PoolTimedOut => QueryError::NoConnection(timeout),
+                other => QueryError::Database(other),
+            })?,
+            Err(_) => return Err(QueryError::NoConnection(timeout)),
+        };
         // The query's own time limit, enforced by the server: a query the
         // exporter gave up on must not keep running, holding its connection
         // and perhaps locks, until some longer limit ends it.
-        let server_timeout = timeout
-            .saturating_sub(started.elapsed())
-            .saturating_sub(SERVER_TIMEOUT_MARGIN)
-            .max(MIN_SERVER_TIMEOUT);
+        let left = timeout.saturating_sub(started.elapsed());
+        if left < MIN_SERVER_TIMEOUT {
+            return Err(QueryError::NoConnection(timeout));
+        }
+        let server_timeout = left;
         sqlx::query("SELECT set_config('statement_timeout', $1, false)")
             .bind(format!("{}ms", server_timeout.as_millis()))
             .execute(&mut *conn)

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod celery;
+pub mod cluster;
 pub mod prometheus;
 pub mod proxy;
 

@@ -1,4 +1,16 @@
 //! PostgreSQL infrastructure metrics (`pg_*`), readable with `pg_monitor`.
+//!
+//! This module's own collector (`postgres`) reads connections,
+//! transactions, locks, sizes and replica state on a connection of its own,
+//! so that `pg_up` answers whatever else is slow. The deeper collectors in
+//! the submodules share one more connection, each its own collector so that
+//! one failing (pg_stat_statements missing, say) hides none of the others.
+
+pub mod checkpoints;
+pub mod settings;
+pub mod statements;
+pub mod tables;
+pub mod wal;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
@@ -32,6 +44,9 @@ pub struct PostgresConfig {
     /// collectors lower it per query).
     pub statement_timeout: Duration,
     pub acquire_timeout: Duration,
+    /// Applied as `lock_timeout` when set: a collector that could queue
+    /// behind a lock gives up instead of holding its connection.
+    pub lock_timeout: Option<Duration>,
     /// Where the pool's connections are remembered, to cancel their
     /// statements at shutdown.
     pub backends: Backends,
@@ -63,14 +78,18 @@ impl PostgresConfig {
     /// A lazily connecting pool: the exporter starts and serves `pg_up 0`
     /// even while PostgreSQL is down.
     pub fn pool(&self) -> PgPool {
+        let mut settings = vec![(
+            "statement_timeout",
+            self.statement_timeout.as_millis().to_string(),
+        )];
+        if let Some(lock_timeout) = self.lock_timeout {
+            settings.push(("lock_timeout", lock_timeout.as_millis().to_string()));
+        }
         let options = self
             .options
             .clone()
             .application_name("bookedbarber-exporter")
-            .options([(
-                "statement_timeout",
-                self.statement_timeout.as_millis().to_string(),
-            )])
+            .options(settings)
             // Slow collections show in collector_duration_seconds; sqlx's
             // own per-statement warnings would repeat the SQL in the logs.
             .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(1))
