@@ -5,6 +5,8 @@
 //!
 //!   cargo bench --bench event_flood
 //!   FLOOD_RATES=10000,50000 FLOOD_SECONDS=5 cargo bench --bench event_flood
+//!   FLOOD_POSTGRES_DSN=postgres://postgres@127.0.0.1:5432/bbx_bench_1000000 \
+//!       cargo bench --bench event_flood      # every source on, default intervals
 //!
 //! Each message carries one event, the worst case for per-message cost
 //! (prefork workers batch up to 24 events per message).
@@ -116,18 +118,29 @@ async fn main() {
     }
     let url = format!("redis://127.0.0.1:{redis_port}/0");
     let port = free_port();
-    let exporter = Command::new(env!("CARGO_BIN_EXE_bookedbarber-exporter"))
+    let mut exporter = Command::new(env!("CARGO_BIN_EXE_bookedbarber-exporter"));
+    exporter
         .args([
             "--web.listen-address",
             &format!("127.0.0.1:{port}"),
             "--log.level",
             "warn",
         ])
-        .args(["--redis.interval", "60s", "--celery.interval", "60s"])
         .env("BOOKEDBARBER_REDIS_URL", &url)
-        .env_remove("BOOKEDBARBER_POSTGRES_DSN")
-        .spawn()
-        .unwrap();
+        .env_remove("BOOKEDBARBER_POSTGRES_DSN");
+    // With a database, every source runs at its default interval (the
+    // PostgreSQL collectors and the business queries included), as in
+    // production; without one, only the Redis side, its polling slowed down.
+    match std::env::var("FLOOD_POSTGRES_DSN") {
+        Ok(dsn) => {
+            println!("every source on: PostgreSQL and business queries from FLOOD_POSTGRES_DSN");
+            exporter.env("BOOKEDBARBER_POSTGRES_DSN", dsn);
+        }
+        Err(_) => {
+            exporter.args(["--redis.interval", "60s", "--celery.interval", "60s"]);
+        }
+    }
+    let exporter = exporter.spawn().unwrap();
     let pid = exporter.id();
     let exporter = KillOnDrop(exporter);
     let client = reqwest::Client::new();

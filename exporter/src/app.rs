@@ -107,7 +107,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     match redis_target {
-        Some(target) => start_redis_and_celery(&cli, target, &mut slots, &mut live),
+        Some(target) => start_redis_and_celery(&cli, target, &mut slots, &mut live)
+            .context("cannot start the Celery event consumer")?,
         None => warn!("{REDIS_URL_ENV} and --redis.url-file are unset: Redis and Celery collectors are disabled"),
     }
 
@@ -160,7 +161,9 @@ fn start_postgres(
         options: options.clone(),
         max_connections: 1,
         statement_timeout: cli.postgres_timeout,
-        acquire_timeout: cli.postgres_timeout,
+        // Half the collection's limit: the other half is left to find out
+        // why no connection could be opened (see postgres::acquire).
+        acquire_timeout: cli.postgres_timeout / 2,
         lock_timeout: None,
         backends: backends.clone(),
     }
@@ -234,7 +237,9 @@ fn start_postgres_depth(
         options,
         max_connections: 1,
         statement_timeout: cli.postgres_timeout,
-        acquire_timeout: cli.postgres_timeout,
+        // Half the collection's limit: the other half is left to find out
+        // why no connection could be opened (see postgres::acquire).
+        acquire_timeout: cli.postgres_timeout / 2,
         // Nothing they read should wait on a lock (the table sizes skip
         // tables under an exclusive lock); should one anyway, it gives up
         // quickly rather than hold the connection the others need.
@@ -309,7 +314,7 @@ fn start_redis_and_celery(
     target: RedisTarget,
     slots: &mut Vec<Arc<CollectorSlot>>,
     live: &mut Vec<Arc<dyn LiveFamilies>>,
-) {
+) -> anyhow::Result<()> {
     let connection = Arc::new(SharedConnection::new(target.clone(), cli.redis_timeout));
     let schedule = Schedule {
         interval: cli.redis_interval,
@@ -339,7 +344,7 @@ fn start_redis_and_celery(
             cli.celery_event_dbs.clone()
         };
         let slot = CollectorSlot::new("celery_events");
-        tokio::spawn(celery::supervise(
+        celery::start_on_own_thread(
             ConsumerConfig {
                 target: target.clone(),
                 patterns: celery::channel_patterns(&cli.celery_key_prefix, &dbs),
@@ -348,7 +353,7 @@ fn start_redis_and_celery(
             },
             hub.clone(),
             slot.clone(),
-        ));
+        )?;
         slots.push(slot);
         live.push(hub.clone());
     }
@@ -399,4 +404,5 @@ fn start_redis_and_celery(
         },
     ));
     info!(server = %target.description, events = cli.celery_events_enabled, "Celery collectors enabled");
+    Ok(())
 }

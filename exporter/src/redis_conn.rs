@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use redis::aio::{MultiplexedConnection, PubSub};
+use redis::aio::MultiplexedConnection;
 use redis::io::tcp::socket2::TcpKeepalive;
 use redis::io::tcp::TcpSettings;
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
@@ -23,6 +23,13 @@ pub struct RedisTarget {
     pub db: i64,
     /// `host:port/db`, safe to log.
     pub description: String,
+    /// `rediss://`: the connection speaks TLS.
+    pub tls: bool,
+    /// Where and as whom, for the event subscription, which opens its own
+    /// connection (celery::subscription).
+    pub addr: ConnectionAddr,
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -40,6 +47,10 @@ impl RedisTarget {
             .map_err(|e| RedisUrlError::Invalid(e.to_string().replace(url.trim(), "<url>")))?;
         let db = info.redis_settings().db();
         let description = format!("{}/{db}", info.addr());
+        let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        let addr = info.addr().clone();
+        let username = info.redis_settings().username().map(str::to_owned);
+        let password = info.redis_settings().password().map(str::to_owned);
         // Keepalive probes close a connection whose peer vanished without a
         // word (a NAT or conntrack entry dropped, a failed-over host), which
         // would otherwise wait forever for its next reply or event.
@@ -58,17 +69,25 @@ impl RedisTarget {
             client,
             db,
             description,
+            tls,
+            addr,
+            username,
+            password,
         })
     }
 
-    pub async fn pubsub(&self, timeout: Duration) -> redis::RedisResult<PubSub> {
-        match tokio::time::timeout(timeout, self.client.get_async_pubsub()).await {
-            Ok(result) => result,
-            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connecting timed out after {timeout:?}"),
-            ))),
+    /// A failed connection, with a hint when it is the classic mistake: a
+    /// `rediss://` URL pointing at a plain-text port, where the TLS handshake
+    /// gets no answer (Redis waits for the end of a command line that never
+    /// comes) or a garbled one.
+    pub fn explain_connect_error(&self, error: redis::RedisError) -> redis::RedisError {
+        if !self.tls || !(error.is_timeout() || error.is_io_error()) {
+            return error;
         }
+        redis::RedisError::from(std::io::Error::other(format!(
+            "{error}; the URL is rediss:// (TLS): check that the server's port speaks TLS \
+             (a plain-text port never completes the handshake), or use redis://"
+        )))
     }
 }
 
@@ -90,6 +109,23 @@ impl SharedConnection {
     }
 
     pub async fn get(&self) -> redis::RedisResult<MultiplexedConnection> {
+        // Waiting for another collector's connection attempt counts too:
+        // the whole wait stays within the collection's own limit, so that
+        // the reason a connection failed reaches the log, not only the
+        // runner's "timed out".
+        let limit = self.timeout * 3 / 4;
+        match tokio::time::timeout(limit, self.get_or_connect()).await {
+            Ok(result) => result,
+            Err(_) => Err(self.target.explain_connect_error(redis::RedisError::from(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting timed out after {limit:?}"),
+                ),
+            ))),
+        }
+    }
+
+    async fn get_or_connect(&self) -> redis::RedisResult<MultiplexedConnection> {
         let mut slot = self.connection.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
@@ -101,7 +137,8 @@ impl SharedConnection {
             .target
             .client
             .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+            .await
+            .map_err(|e| self.target.explain_connect_error(e))?;
         *slot = Some(c.clone());
         Ok(c)
     }

@@ -289,3 +289,54 @@ value = "n"
         exporter.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_name_their_real_cause() {
+    // A closed PostgreSQL port: "connection refused", not "pool timed out".
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A plain-text Redis behind a rediss:// URL: say so, not only "timed out".
+    let redis = ThrowawayRedis::start();
+    let exporter = Exporter::start(
+        &[
+            "--postgres.timeout",
+            "2s",
+            "--redis.timeout",
+            "1s",
+            "--business.enabled",
+            "false",
+        ],
+        &[
+            (
+                "BOOKEDBARBER_POSTGRES_DSN",
+                &format!("postgres://postgres@127.0.0.1:{closed}/x"),
+            ),
+            (
+                "BOOKEDBARBER_REDIS_URL",
+                &format!("rediss://127.0.0.1:{}/0", redis.port),
+            ),
+        ],
+    );
+    exporter
+        .wait_for("both failures", WAIT, |m| {
+            m.collector_up("postgres") == Some(0.0) && m.collector_up("redis") == Some(0.0)
+        })
+        .await;
+    let logs = exporter.logs();
+    let postgres = logs
+        .lines()
+        .find(|l| l.contains("collector=postgres ") && l.contains("collection failed"))
+        .unwrap_or_else(|| panic!("no PostgreSQL failure logged:\n{logs}"));
+    assert!(
+        postgres.to_lowercase().contains("connection refused"),
+        "{postgres}"
+    );
+    let redis_line = logs
+        .lines()
+        .find(|l| l.contains("collector=redis ") && l.contains("collection failed"))
+        .unwrap_or_else(|| panic!("no Redis failure logged:\n{logs}"));
+    assert!(redis_line.contains("speaks TLS"), "{redis_line}");
+}

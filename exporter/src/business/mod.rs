@@ -25,6 +25,7 @@ use rows::{families_from_rows, ResultRow};
 
 use crate::exposition::LiveFamilies;
 use crate::monotonic::CounterPolicy;
+use crate::postgres::why_no_connection;
 use crate::runner::Source;
 use crate::snapshot::Family;
 
@@ -155,12 +156,16 @@ impl BusinessQuerySource {
         // up on the wait is clean; giving up on a running statement is not
         // (the connection would go back to the pool mid-statement), so the
         // statement itself is left to the server's limit below.
-        let mut conn = match tokio::time::timeout(timeout, self.pool.acquire()).await {
-            Ok(conn) => conn.map_err(|e| match e {
+        let no_connection = || async {
+            match why_no_connection(&self.pool).await {
                 sqlx::Error::PoolTimedOut => QueryError::NoConnection(timeout),
-                other => QueryError::Database(other),
-            })?,
-            Err(_) => return Err(QueryError::NoConnection(timeout)),
+                cannot_connect => QueryError::Database(cannot_connect),
+            }
+        };
+        let mut conn = match tokio::time::timeout(timeout, self.pool.acquire()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => return Err(no_connection().await),
+            Ok(Err(e)) => return Err(QueryError::Database(e)),
         };
         // The query's own time limit, enforced by the server: a query the
         // exporter gave up on must not keep running, holding its connection

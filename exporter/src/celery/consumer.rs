@@ -4,11 +4,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tracing::{info, warn};
 
 use super::decode::decode;
 use super::state::EventState;
+use super::subscription::{subscribe, Frame, Reader, SubscribeError, Writer};
 use super::{EventLimits, SentAt};
 use crate::exposition::LiveFamilies;
 use crate::redis_conn::{escape_glob, RedisTarget};
@@ -79,6 +79,28 @@ pub struct ConsumerConfig {
     pub idle_check: Duration,
 }
 
+/// Starts [`supervise`] on a thread of its own, with a single-threaded
+/// runtime: the event stream is the exporter's hot path (up to a hundred
+/// thousand messages a second), so it gets a core rather than competing with
+/// scrapes and collectors for the shared workers. With the socket reader and
+/// the decoder on one thread, the reader only runs when the decoder has
+/// caught up: a backlog waits in the kernel's socket buffer and in Redis's
+/// client output buffer (which drops a subscriber that falls too far
+/// behind, counted as a reconnect), not in the exporter's memory.
+pub fn start_on_own_thread(
+    config: ConsumerConfig,
+    hub: Arc<EventHub>,
+    slot: Arc<CollectorSlot>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("celery-events".into())
+        .spawn(move || runtime.block_on(supervise(config, hub, slot)))?;
+    Ok(())
+}
+
 /// Runs the consumer for as long as the exporter lives, under the same
 /// watch as a polled collector: `slot` shows it up while subscribed, counts
 /// each lost or failed subscription as an error, and a consumer task that
@@ -100,7 +122,7 @@ pub async fn supervise(config: ConsumerConfig, hub: Arc<EventHub>, slot: Arc<Col
 
 /// Why a subscription ended.
 enum Lost {
-    Closed,
+    Closed(SubscribeError),
     NoPong(String),
 }
 
@@ -111,29 +133,29 @@ async fn consume(config: ConsumerConfig, hub: Arc<EventHub>, slot: Arc<Collector
     let mut backoff = Duration::from_millis(250);
     let mut failing = false;
     loop {
-        let result = async {
-            let mut pubsub = target.pubsub(config.timeout).await?;
-            for p in &config.patterns {
-                tokio::time::timeout(config.timeout, pubsub.psubscribe(p))
-                    .await
-                    .map_err(|_| timed_out(config.timeout))??;
-            }
-            Ok::<_, redis::RedisError>(pubsub)
-        }
-        .await;
-        match result {
-            Ok(pubsub) => {
+        let subscribed =
+            tokio::time::timeout(config.timeout, subscribe(target, &config.patterns)).await;
+        let subscribed = match subscribed {
+            Ok(Ok(halves)) => Ok(halves),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "connecting and subscribing timed out after {:?}",
+                config.timeout
+            )),
+        };
+        match subscribed {
+            Ok((reader, writer)) => {
                 hub.with(|s| s.set_stream_up(true));
                 slot.record(true);
                 info!(server = %target.description, patterns = ?config.patterns, "subscribed to Celery events");
                 failing = false;
                 backoff = Duration::from_millis(250);
-                let lost = listen(&config, pubsub, &hub, &slot).await;
+                let lost = listen(&config, reader, writer, &hub, &slot).await;
                 hub.with(|s| s.set_stream_up(false));
                 slot.record(false);
                 match lost {
-                    Lost::Closed => {
-                        warn!(server = %target.description, "Celery event stream lost; reconnecting")
+                    Lost::Closed(error) => {
+                        warn!(server = %target.description, %error, "Celery event stream lost; reconnecting")
                     }
                     Lost::NoPong(error) => warn!(
                         server = %target.description, %error, idle = ?config.idle_check,
@@ -143,6 +165,11 @@ async fn consume(config: ConsumerConfig, hub: Arc<EventHub>, slot: Arc<Collector
             }
             Err(error) => {
                 if !failing {
+                    let error = if target.tls {
+                        format!("{error}; the URL is rediss:// (TLS): check that the server's port speaks TLS")
+                    } else {
+                        error
+                    };
                     warn!(server = %target.description, %error, "cannot subscribe to Celery events; retrying");
                     failing = true;
                 }
@@ -158,46 +185,50 @@ async fn consume(config: ConsumerConfig, hub: Arc<EventHub>, slot: Arc<Collector
 /// and does not answer a PING.
 async fn listen(
     config: &ConsumerConfig,
-    pubsub: redis::aio::PubSub,
+    mut reader: Reader,
+    mut writer: Writer,
     hub: &EventHub,
     slot: &CollectorSlot,
 ) -> Lost {
-    let (mut sink, mut stream) = pubsub.split();
     // How often a flowing stream refreshes the collector's last success.
     let report_every = config.idle_check.min(Duration::from_secs(5));
     let mut last_heard = Instant::now();
     let mut last_report = last_heard;
+    let mut ping_sent: Option<Instant> = None;
     loop {
+        // Silent for idle_check: PING, and allow --redis.timeout for the
+        // answer (any frame counts: the connection is alive).
+        let wake = match ping_sent {
+            Some(at) => at + config.timeout,
+            None => last_heard + config.idle_check,
+        };
         tokio::select! {
-            message = stream.next() => {
-                let Some(message) = message else { return Lost::Closed };
-                hub.handle(message.get_payload_bytes());
+            frame = reader.next() => {
+                match frame {
+                    Ok(Frame::Message(payload)) => hub.handle(reader.payload(payload)),
+                    Ok(Frame::Pong | Frame::Other) => {}
+                    Err(e) => return Lost::Closed(e),
+                }
                 last_heard = Instant::now();
+                ping_sent = None;
                 if last_heard - last_report >= report_every {
                     slot.record(true);
                     last_report = last_heard;
                 }
             }
-            _ = tokio::time::sleep_until((last_heard + config.idle_check).into()) => {
-                match tokio::time::timeout(config.timeout, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {
-                        last_heard = Instant::now();
-                        slot.record(true);
-                        last_report = last_heard;
-                    }
-                    Ok(Err(e)) => return Lost::NoPong(e.to_string()),
-                    Err(_) => return Lost::NoPong(format!("no reply within {:?}", config.timeout)),
+            _ = tokio::time::sleep_until(wake.into()) => {
+                if ping_sent.is_some() {
+                    return Lost::NoPong(format!("no reply within {:?}", config.timeout));
                 }
+                if let Err(e) = tokio::time::timeout(config.timeout, writer.ping()).await
+                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                {
+                    return Lost::NoPong(e.to_string());
+                }
+                ping_sent = Some(Instant::now());
             }
         }
     }
-}
-
-fn timed_out(after: Duration) -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        format!("timed out after {after:?}"),
-    ))
 }
 
 #[cfg(test)]

@@ -13,10 +13,11 @@ pub mod decode;
 pub mod discovery;
 pub mod queues;
 pub mod state;
+pub mod subscription;
 
 use std::time::Duration;
 
-pub use consumer::{channel_patterns, supervise, ConsumerConfig, EventHub};
+pub use consumer::{channel_patterns, start_on_own_thread, supervise, ConsumerConfig, EventHub};
 pub use decode::{decode, DecodeError, Decoded, Event};
 pub use discovery::{DiscoveredQueues, QueueDiscoverySource};
 pub use queues::{CeleryQueueSource, QueueConfig};

@@ -80,7 +80,7 @@ impl CheckpointSource {
     }
 
     async fn read(&self) -> Result<CheckpointReading, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = super::acquire(&self.pool).await?;
         // The version comes with the connection (ParameterStatus): no query.
         let version = conn.server_version_num().unwrap_or(0);
         let r = sqlx::query(checkpoint_sql(version))

@@ -17,8 +17,9 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
+use sqlx::{ConnectOptions, Connection, Row};
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -32,6 +33,39 @@ pub enum PostgresError {
     InvalidUrl(String),
     #[error("{0}")]
     Query(#[from] sqlx::Error),
+}
+
+/// A connection from `pool`. When none could be had because none could be
+/// opened, the error is what a direct connection attempt says ("connection
+/// refused", a TLS or authentication error) instead of sqlx's "pool timed
+/// out", which hides it.
+pub async fn acquire(pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    match pool.acquire().await {
+        Err(sqlx::Error::PoolTimedOut) => Err(why_no_connection(pool).await),
+        other => other,
+    }
+}
+
+/// Why `pool` has no connection to give: the reason it cannot open one, or
+/// `PoolTimedOut` when connections exist and are all busy. Opens a
+/// connection of its own only when the pool holds none, so it never adds to
+/// the load of a busy pool.
+pub async fn why_no_connection(pool: &PgPool) -> sqlx::Error {
+    if pool.size() > 0 {
+        return sqlx::Error::PoolTimedOut;
+    }
+    let options = pool.connect_options();
+    match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&options)).await {
+        Ok(Err(e)) => e,
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            sqlx::Error::PoolTimedOut
+        }
+        Err(_) => sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connecting timed out after 5s",
+        )),
+    }
 }
 
 /// Settings of one connection pool (the PostgreSQL collector has one of its
@@ -238,7 +272,7 @@ impl PostgresSource {
     }
 
     async fn read(&self) -> Result<PostgresReading, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = acquire(&self.pool).await?;
         let databases = sqlx::query(DATABASES_SQL)
             .fetch_all(&mut *conn)
             .await?

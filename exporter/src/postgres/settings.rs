@@ -97,7 +97,7 @@ impl SettingsSource {
     }
 
     async fn read(&self) -> Result<SettingsReading, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = super::acquire(&self.pool).await?;
         let names: Vec<String> = SETTINGS.iter().map(|s| s.0.to_owned()).collect();
         let settings = sqlx::query(SETTINGS_SQL)
             .bind(names)

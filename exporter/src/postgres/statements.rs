@@ -612,7 +612,7 @@ impl StatementsSource {
     }
 
     async fn collect_inner(&self) -> Result<Vec<Family>, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = super::acquire(&self.pool).await?;
         let ext = sqlx::query(EXTENSION_SQL).fetch_one(&mut *conn).await?;
         let database: String = ext.try_get(0)?;
         let (Some(extversion), Some(schema)) = (

@@ -203,7 +203,7 @@ impl TableSource {
     }
 
     async fn read(&self) -> Result<Vec<TableStats>, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = super::acquire(&self.pool).await?;
         sqlx::query(TABLES_SQL)
             .bind(&self.config.tables)
             .bind(MAX_LISTED_TABLES)

@@ -104,7 +104,7 @@ impl WalSource {
     }
 
     async fn read(&self) -> Result<WalReading, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = super::acquire(&self.pool).await?;
         let version = conn.server_version_num().unwrap_or(0);
         let wal = sqlx::query(sqlx::AssertSqlSafe(wal_sql()))
             .fetch_one(&mut *conn)
