@@ -161,3 +161,40 @@ fn every_flag_in_help_is_in_the_readme() {
         "flags of --help missing from README.md's table: {missing:?}"
     );
 }
+
+#[test]
+fn json_log_lines_have_each_key_once() {
+    let mut child = std::process::Command::new(exporter_bin())
+        .args([
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--log.format",
+            "json",
+            "--log.level",
+            "debug",
+        ])
+        // A Redis URL to a closed port: the log gets server= fields and
+        // collection failures.
+        .env("BOOKEDBARBER_REDIS_URL", "redis://127.0.0.1:1/0")
+        .env_remove("BOOKEDBARBER_POSTGRES_DSN")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let mut checked = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        // serde_json keeps the last of duplicate keys: count them in the text.
+        for key in object.keys() {
+            let n = line.matches(&format!("\"{key}\":")).count();
+            assert_eq!(n, 1, "key {key:?} appears {n} times in {line}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 3, "too few log lines:\n{text}");
+    assert!(text.contains("\"server\":"), "{text}");
+}
