@@ -25,10 +25,10 @@ def with_text(expr: str, cut: int = 0) -> str:
     """`expr` (by datname, user, queryid) with the statement's text as label `query` where the
     exporter serves one, cut to `cut` characters for legends; statements without one keep their
     series."""
-    joined = f"{expr} * on (queryid) group_left (query) {STATEMENT_TEXT}"
+    joined = f"({expr}) * on (queryid) group_left (query) {STATEMENT_TEXT}"
     if cut:
         joined = f'label_replace({joined}, "query", "$1", "query", "(.{{0,{cut}}}).*")'
-    return f"({joined}) or ({expr} unless on (queryid) {STATEMENT_TEXT})"
+    return f"({joined}) or (({expr}) unless on (queryid) {STATEMENT_TEXT})"
 
 
 # Recording rules of alerts/rules/postgres.yaml.

@@ -38,6 +38,7 @@ from test_catalogue import CONDITIONAL_POSTGRES
 DEMO_NAMESPACE = "bookedbarber"  # the demo_prometheus target labels
 WEEK = 7 * 24 * 3600
 OFFSET = re.compile(r"\s+offset\s+1w\b")
+LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 WARM_UP = 150  # seconds for rates, histograms and recording rules to have data
 HISTORY_SECONDS = 120
 VALUES_WINDOW = 60  # seconds of series that a variable's values are taken from
@@ -64,6 +65,8 @@ class Query:
         else:
             self.kind = "exporter"
         self.offset = any(o is not None for _, o in found)
+        # Labels the legend shows ({{label}}): at least one series must carry them.
+        self.legend_labels = tuple(sorted(set(LEGEND_LABEL.findall(target.get("legendFormat", "")))))
 
     def promql(self, values, drop_offset=False):
         expr = OFFSET.sub("", self.expr) if drop_offset else self.expr
@@ -91,25 +94,30 @@ def plan():
             for name, dash in load_dashboards().items() for p, t in queries(dash)]
 
 
-def series_count(prom, expr):
-    """(series, series with a number) `expr` returns now; -1 when Prometheus rejects it."""
+def series_count(prom, expr, labels=()):
+    """(series, series with a number, series with all of `labels`) `expr`
+    returns now; -1 series when Prometheus rejects it."""
     try:
         result = prom.query(expr)
     except PrometheusError:
-        return -1, 0
+        return -1, 0, 0
     numbers = [r for r in result if not math.isnan(float(r["value"][1]))]
-    return len(result), len(numbers)
+    labelled = [r for r in result if all(label in r["metric"] for label in labels)]
+    return len(result), len(numbers), len(labelled)
 
 
 def check_until(prom, checks, deadline):
-    """Polls until every (where, expr) returns a series or the deadline passes;
+    """Polls until every (where, expr, legend labels) returns a series, one
+    of them with the labels its legend shows, or the deadline passes;
     returns the failures and the exprs whose series are all NaN."""
     while True:
         failures, nan_only = [], []
-        for where, expr in checks:
-            total, numbers = series_count(prom, expr)
+        for where, expr, labels in checks:
+            total, numbers, labelled = series_count(prom, expr, labels)
             if total <= 0:
                 failures.append(f"{where}: {'rejected' if total < 0 else 'no series'}: {expr}")
+            elif labelled == 0:
+                failures.append(f"{where}: no series has the labels its legend shows {list(labels)}: {expr}")
             elif numbers == 0:
                 nan_only.append(f"{where}: {expr}")
         if not failures or time.monotonic() > deadline:
@@ -174,10 +182,10 @@ def live_checks(prom, the_plan, kind):
             continue
         values = resolved[q.dashboard]
         checks.append((q.where + (" (without offset 1w)" if q.offset else ""),
-                       q.promql(defaults(values, q.variables), drop_offset=q.offset)))
+                       q.promql(defaults(values, q.variables), drop_offset=q.offset), q.legend_labels))
         if any(q.variables[n].get("multi") for n in values if n in re.findall(r"\$(\w+)", q.expr)):
             checks.append((q.where + " (one value per variable)",
-                           q.promql(first_values(values), drop_offset=q.offset)))
+                           q.promql(first_values(values), drop_offset=q.offset), q.legend_labels))
     failures, nan_only = check_until(prom, checks, time.monotonic() + WARM_UP)
     return resolved, checks, failures, nan_only
 
@@ -190,7 +198,7 @@ def demo_checks(the_plan, demo_prometheus):
 
 def test_every_exporter_query_returns_data_from_the_demo(demo_checks, capsys):
     prom, resolved, checks, failures, nan_only = demo_checks
-    single = sum(1 for where, _ in checks if where.endswith("(one value per variable)"))
+    single = sum(1 for where, *_ in checks if where.endswith("(one value per variable)"))
     variable_queries = sum(len(values) for values in resolved.values())
     with capsys.disabled():
         print(f"\n[dashboards] {len(checks) - single} queries on exporter metrics and recording rules checked "
@@ -240,11 +248,11 @@ def test_offset_queries_return_data_from_last_weeks_history(the_plan, demo_check
     run([require("promtool"), "tsdb", "create-blocks-from", "openmetrics", history, workdir / "data"])
     old = Prometheus(workdir, []).start()
     try:
-        checks = [(q.where, q.promql(defaults(resolved[q.dashboard], q.variables)))
+        checks = [(q.where, q.promql(defaults(resolved[q.dashboard], q.variables)), q.legend_labels)
                   for q in offset_queries]
         failures, _ = check_until(old, checks, time.monotonic() + 30)
         # The history is really a week old: without the offset there is nothing.
-        recent = [(w, OFFSET.sub("", e)) for w, e in checks if series_count(old, OFFSET.sub("", e))[0] > 0]
+        recent = [(w, OFFSET.sub("", e)) for w, e, _ in checks if series_count(old, OFFSET.sub("", e))[0] > 0]
     finally:
         old.stop()
     with capsys.disabled():
@@ -357,7 +365,7 @@ def test_external_metric_queries_return_data_from_synthetic_series(the_plan, syn
     names = sorted(set().union(*(q.metrics for q in external)) & set(EXTERNAL))
     values = {"namespace": DEMO_NAMESPACE, "instance": "$__all"}
     checks = [(q.where, q.promql({**values, **{n: "$__all" for n, v in q.variables.items()
-                                              if v.get("includeAll")}})) for q in external]
+                                              if v.get("includeAll")}}), q.legend_labels) for q in external]
     failures, nan_only = check_until(synthetic_prometheus, checks, time.monotonic() + 60)
     with capsys.disabled():
         print(f"\n[dashboards] {len(checks)} queries on external metrics checked against synthetic series: "
