@@ -179,15 +179,20 @@ def bargauge_panel(title, description, queries, unit, *, w=8, h=8, thresholds=No
 
 
 def table_panel(title, description, query: Q, unit="short", *, w=12, h=8, runbooks=(), hide=("Time",),
-                rename=None, mappings=None):
+                rename=None, mappings=None, sort_desc=None, decimals=None):
     """A table of the current value of each series of one instant query, one row per series,
-    its labels as columns; `hide` drops columns, `rename` retitles them."""
-    p = _common(table.Panel(), title, description, [query], unit, w, h, None, runbooks, None, None, None, mappings)
-    return (p.cell_height(cm.TableCellHeight.SM).show_header(True)
-            .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
-                "excludeByName": {name: True for name in hide},
-                "renameByName": dict(rename or {}),
-            })))
+    its labels as columns; `hide` drops columns, `rename` retitles them, `sort_desc` names the
+    column (as shown) the rows are sorted by, largest first."""
+    p = _common(table.Panel(), title, description, [query], unit, w, h, None, runbooks, decimals, None, None,
+                mappings)
+    p = (p.cell_height(cm.TableCellHeight.SM).show_header(True)
+         .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+             "excludeByName": {name: True for name in hide},
+             "renameByName": dict(rename or {}),
+         })))
+    if sort_desc:
+        p = p.sort_by([cb.TableSortByFieldState().display_name(sort_desc).desc(True)])
+    return p
 
 
 def heatmap_panel(title, description, query: Q, unit, *, w=12, h=8):

@@ -73,6 +73,31 @@ def selectors(expr):
     return found
 
 
+COMPARISONS = {">", "<", "==", "!=", ">=", "<="}
+
+
+def comparisons_as_bool(expr):
+    """`expr` rewritten so that it is empty only when a selector or a join
+    finds nothing: every filtering comparison made a `bool` one (`a > 2` ->
+    `a > bool 2`: each series it matched comes out as 0 or 1 instead of only
+    those past the threshold), and every `unless` an `and` with the same
+    matching (`a unless on (x) b` keeps a only where b has no partner; as
+    `and` it keeps a only where b has one, so the join on x is proven)."""
+    def post(node):
+        if not isinstance(node, promql_parser.BinaryExpr):
+            return None
+        op = str(node.op)
+        if op == "unless" or (op in COMPARISONS and not (node.modifier and node.modifier.return_bool)):
+            text, lhs, rhs = str(node), str(node.lhs), str(node.rhs)
+            assert text.startswith(f"{lhs} {op} ") and text.endswith(rhs), f"unexpected rendering of {text!r}"
+            modifier = text[len(lhs) + len(op) + 2:len(text) - len(rhs)]
+            new = f"{lhs} and {modifier}{rhs}" if op == "unless" else f"{lhs} {op} bool {modifier}{rhs}"
+            return promql_parser.parse(new)
+        return None
+
+    return str(promql_parser.transform(promql_parser.parse(expr), post_visit=post))
+
+
 # --- the documented test overrides ------------------------------------------
 
 FOR_LINE = re.compile(r"^(\s*for:\s*)\S+\s*$", re.M)

@@ -188,6 +188,10 @@ SCENARIOS = {
         (alert("BookedBarberBookingsDrop", "critical", "pg-down"), True),
         (alert("BookedBarberExporterCollectorFailing", "warning", "pg-down", collector="business_payments_recent"),
          True),
+        (alert("BookedBarberExporterCollectorFailing", "warning", "pg-down", collector="postgres_statements"),
+         True),
+        (alert("BookedBarberExporterCollectorFailing", "warning", "pg-down", collector="postgres_wal"), True),
+        (alert("BookedBarberPostgresReplicationSlotRetainingWal", "critical", "pg-down", slot_name="standby1"), True),
         (alert("BookedBarberExporterCollectorFailing", "warning", "pg-down", collector="redis"), False),
         (alert("BookedBarberRedisRejectedConnections", "warning", "pg-down"), False),
     ],
@@ -212,6 +216,13 @@ SCENARIOS = {
         # The same alert on another object, and another alert: not muted.
         (alert("BookedBarberPostgresConnectionsNearLimit", "warning", "critical-over-warning", instance="b"), False),
         (alert("BookedBarberPostgresDeadlocks", "warning", "critical-over-warning", instance="a"), False),
+        # Per replication slot: an abandoned slot's page does not mute another slot's warning.
+        (alert("BookedBarberPostgresReplicationSlotRetainingWal", "critical", "critical-over-warning",
+               slot_name="old_backup", slot_type="physical"), False),
+        (alert("BookedBarberPostgresReplicationSlotRetainingWal", "warning", "critical-over-warning",
+               slot_name="old_backup", slot_type="physical"), True),
+        (alert("BookedBarberPostgresReplicationSlotRetainingWal", "warning", "critical-over-warning",
+               slot_name="standby1", slot_type="physical"), False),
     ],
     "errors-over-budget": [
         (alert("BookedBarberHttpErrorsHigh", "critical", "errors-over-budget"), False),

@@ -85,15 +85,19 @@ def regex_escape(value: str) -> str:
     return re.sub(r"[$^*{}\[\]'+?.()|]", lambda m: "\\\\" + m.group(0), value)
 
 
-def interpolate(expr: str, values: dict, variables_: dict, interval="1m", rate_interval="1m") -> str:
+def interpolate(expr: str, values: dict, variables_: dict, interval="1m", rate_interval="1m",
+                range_="21600s") -> str:
     """`expr` as Grafana sends it to Prometheus: values maps each variable to
-    its selected value(s) ("$__all" for All)."""
+    its selected value(s) ("$__all" for All); `range_` is the dashboard's
+    time range ($__range, 6 hours by default)."""
     def replace(m):
         name = next(g for g in m.groups() if g)
         if name == "__rate_interval":
             return rate_interval
         if name == "__interval":
             return interval
+        if name == "__range":
+            return range_
         if name not in variables_:
             raise KeyError(f"undefined variable ${name} in {expr!r}")
         v = variables_[name]

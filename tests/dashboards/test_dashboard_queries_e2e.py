@@ -5,6 +5,11 @@
   real Celery worker, alerts/rules/*.yaml loaded), with the dashboard's
   variables resolved by their own queries as Grafana does: once with the
   defaults (All), once with the first value of each multi-value variable.
+- Queries on the PostgreSQL families the shared server (so the demo) cannot
+  have (test_catalogue.CONDITIONAL_POSTGRES: pg_stat_statements, replication
+  slots, standbys), and those showing a setting only where it is set
+  (CONDITIONAL_VALUES), run the same way against `postgres_depth_prometheus`:
+  the real exporter on a throwaway cluster where they exist.
 - Queries with `offset 1w` cannot have data in a fresh Prometheus: each runs
   without the offset against the demo, and as written against a Prometheus of
   our own whose history is the demo's data moved back one week
@@ -28,10 +33,12 @@ from dashboard_support import (EXTERNAL, Sources, interpolate, label_values_quer
                                rule_files, selectors, variables)
 from support.prometheus import Prometheus, PrometheusError, scrape_job
 from support.tools import free_port, require, run
+from test_catalogue import CONDITIONAL_POSTGRES
 
 DEMO_NAMESPACE = "bookedbarber"  # the demo_prometheus target labels
 WEEK = 7 * 24 * 3600
 OFFSET = re.compile(r"\s+offset\s+1w\b")
+LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 WARM_UP = 150  # seconds for rates, histograms and recording rules to have data
 HISTORY_SECONDS = 120
 VALUES_WINDOW = 60  # seconds of series that a variable's values are taken from
@@ -50,13 +57,35 @@ class Query:
         self.metrics = {name for name, _ in found}
         # A name no source knows (test_dashboard_files reports it) is taken
         # for the exporter's: the demo then shows whether it is served.
-        self.kind = "external" if any(m in EXTERNAL or (m in sources.rules and "external" in sources.of(m))
-                                      for m in self.metrics) else "exporter"
+        if any(m in EXTERNAL or (m in sources.rules and "external" in sources.of(m)) for m in self.metrics):
+            self.kind = "external"
+        elif set().union(*(raw_metrics(m, sources) for m in self.metrics)) & (set(CONDITIONAL_POSTGRES)
+                                                                             | set(CONDITIONAL_VALUES)):
+            self.kind = "conditional"  # served only where pg_stat_statements, slots or standbys exist
+        else:
+            self.kind = "exporter"
         self.offset = any(o is not None for _, o in found)
+        # Labels the legend shows ({{label}}): at least one series must carry them.
+        self.legend_labels = tuple(sorted(set(LEGEND_LABEL.findall(target.get("legendFormat", "")))))
 
     def promql(self, values, drop_offset=False):
         expr = OFFSET.sub("", self.expr) if drop_offset else self.expr
         return interpolate(expr, values, self.variables, interval=self.interval)
+
+
+# Served everywhere, but read by a query that shows it only in a condition
+# the demo lacks and the depth stack has: run with the conditional families.
+CONDITIONAL_VALUES = {
+    "pg_settings_max_slot_wal_keep_size_bytes": "a line only where max_slot_wal_keep_size is set (not -1)",
+}
+
+
+def raw_metrics(metric, sources, seen=()):
+    """The metrics `metric` is computed from: itself, or a recording rule's sources."""
+    if metric not in sources.rules or metric in seen:
+        return {metric}
+    return set().union(*(raw_metrics(name, sources, (*seen, metric)) for expr in sources.rules[metric]
+                         for name, _ in selectors(expr)))
 
 
 def plan():
@@ -65,25 +94,30 @@ def plan():
             for name, dash in load_dashboards().items() for p, t in queries(dash)]
 
 
-def series_count(prom, expr):
-    """(series, series with a number) `expr` returns now; -1 when Prometheus rejects it."""
+def series_count(prom, expr, labels=()):
+    """(series, series with a number, series with all of `labels`) `expr`
+    returns now; -1 series when Prometheus rejects it."""
     try:
         result = prom.query(expr)
     except PrometheusError:
-        return -1, 0
+        return -1, 0, 0
     numbers = [r for r in result if not math.isnan(float(r["value"][1]))]
-    return len(result), len(numbers)
+    labelled = [r for r in result if all(label in r["metric"] for label in labels)]
+    return len(result), len(numbers), len(labelled)
 
 
 def check_until(prom, checks, deadline):
-    """Polls until every (where, expr) returns a series or the deadline passes;
+    """Polls until every (where, expr, legend labels) returns a series, one
+    of them with the labels its legend shows, or the deadline passes;
     returns the failures and the exprs whose series are all NaN."""
     while True:
         failures, nan_only = [], []
-        for where, expr in checks:
-            total, numbers = series_count(prom, expr)
+        for where, expr, labels in checks:
+            total, numbers, labelled = series_count(prom, expr, labels)
             if total <= 0:
                 failures.append(f"{where}: {'rejected' if total < 0 else 'no series'}: {expr}")
+            elif labelled == 0:
+                failures.append(f"{where}: no series has the labels its legend shows {list(labels)}: {expr}")
             elif numbers == 0:
                 nan_only.append(f"{where}: {expr}")
         if not failures or time.monotonic() > deadline:
@@ -136,35 +170,55 @@ def the_plan():
     return p
 
 
-@pytest.fixture(scope="module")
-def demo_checks(the_plan, demo_prometheus):
-    """The demo Prometheus after warm-up, and the variable values it resolves."""
-    prom = demo_prometheus
+def live_checks(prom, the_plan, kind):
+    """Every query of `kind`, with the variables resolved on `prom`, checked
+    there after warm-up: (resolved values, checks, failures, NaN-only)."""
     dashboards = load_dashboards()
-    resolved = resolve_variables(prom, dashboards)
+    resolved = resolve_variables(prom, {name: dashboards[name] for name in {q.dashboard for q in the_plan
+                                                                            if q.kind == kind}})
     checks = []
     for q in the_plan:
-        if q.kind != "exporter":
+        if q.kind != kind:
             continue
         values = resolved[q.dashboard]
         checks.append((q.where + (" (without offset 1w)" if q.offset else ""),
-                       q.promql(defaults(values, q.variables), drop_offset=q.offset)))
+                       q.promql(defaults(values, q.variables), drop_offset=q.offset), q.legend_labels))
         if any(q.variables[n].get("multi") for n in values if n in re.findall(r"\$(\w+)", q.expr)):
             checks.append((q.where + " (one value per variable)",
-                           q.promql(first_values(values), drop_offset=q.offset)))
+                           q.promql(first_values(values), drop_offset=q.offset), q.legend_labels))
     failures, nan_only = check_until(prom, checks, time.monotonic() + WARM_UP)
-    return prom, resolved, checks, failures, nan_only
+    return resolved, checks, failures, nan_only
+
+
+@pytest.fixture(scope="module")
+def demo_checks(the_plan, demo_prometheus):
+    """The demo Prometheus after warm-up, and the variable values it resolves."""
+    return (demo_prometheus, *live_checks(demo_prometheus, the_plan, "exporter"))
 
 
 def test_every_exporter_query_returns_data_from_the_demo(demo_checks, capsys):
     prom, resolved, checks, failures, nan_only = demo_checks
-    single = sum(1 for where, _ in checks if where.endswith("(one value per variable)"))
+    single = sum(1 for where, *_ in checks if where.endswith("(one value per variable)"))
     variable_queries = sum(len(values) for values in resolved.values())
     with capsys.disabled():
         print(f"\n[dashboards] {len(checks) - single} queries on exporter metrics and recording rules checked "
               f"against the demo exporter with the variables at their defaults, and {single} again with one value "
               f"per multi-value variable; {len(nan_only)} answered only NaN (0/0) at that moment; "
               f"{variable_queries} variable queries found values")
+    assert not failures, f"{len(failures)} of {len(checks)} queries return nothing:\n" + "\n".join(failures)
+
+
+def test_conditional_postgres_queries_return_data_from_the_depth_stack(the_plan, postgres_depth_prometheus, capsys):
+    conditional = [q for q in the_plan if q.kind == "conditional"]
+    assert conditional, "no dashboard query reads pg_stat_statements, slots or standbys any more: update this test"
+    _, checks, failures, nan_only = live_checks(postgres_depth_prometheus, the_plan, "conditional")
+    names = sorted(set().union(*(q.metrics for q in conditional)) & (set(CONDITIONAL_POSTGRES)
+                                                                    | set(CONDITIONAL_VALUES)))
+    with capsys.disabled():
+        print(f"\n[dashboards] {len(checks)} queries on conditional PostgreSQL families checked against the exporter "
+              f"on a throwaway cluster with pg_stat_statements, a standby and replication slots (variables at "
+              f"their defaults and one value each); {len(nan_only)} answered only NaN at that moment: "
+              + ", ".join(names))
     assert not failures, f"{len(failures)} of {len(checks)} queries return nothing:\n" + "\n".join(failures)
 
 
@@ -194,11 +248,11 @@ def test_offset_queries_return_data_from_last_weeks_history(the_plan, demo_check
     run([require("promtool"), "tsdb", "create-blocks-from", "openmetrics", history, workdir / "data"])
     old = Prometheus(workdir, []).start()
     try:
-        checks = [(q.where, q.promql(defaults(resolved[q.dashboard], q.variables)))
+        checks = [(q.where, q.promql(defaults(resolved[q.dashboard], q.variables)), q.legend_labels)
                   for q in offset_queries]
         failures, _ = check_until(old, checks, time.monotonic() + 30)
         # The history is really a week old: without the offset there is nothing.
-        recent = [(w, OFFSET.sub("", e)) for w, e in checks if series_count(old, OFFSET.sub("", e))[0] > 0]
+        recent = [(w, OFFSET.sub("", e)) for w, e, _ in checks if series_count(old, OFFSET.sub("", e))[0] > 0]
     finally:
         old.stop()
     with capsys.disabled():
@@ -311,7 +365,7 @@ def test_external_metric_queries_return_data_from_synthetic_series(the_plan, syn
     names = sorted(set().union(*(q.metrics for q in external)) & set(EXTERNAL))
     values = {"namespace": DEMO_NAMESPACE, "instance": "$__all"}
     checks = [(q.where, q.promql({**values, **{n: "$__all" for n, v in q.variables.items()
-                                              if v.get("includeAll")}})) for q in external]
+                                              if v.get("includeAll")}}), q.legend_labels) for q in external]
     failures, nan_only = check_until(synthetic_prometheus, checks, time.monotonic() + 60)
     with capsys.disabled():
         print(f"\n[dashboards] {len(checks)} queries on external metrics checked against synthetic series: "

@@ -1,8 +1,10 @@
 """Real processes the bundle tests start on loopback: throwaway Redis servers,
 demo databases on the local PostgreSQL, Celery workers, the exporter."""
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -153,6 +155,81 @@ class DemoDatabase:
 
     def drop(self):
         psql("postgres", f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)', check=False)
+
+
+class ThrowawayCluster:
+    """A PostgreSQL cluster of our own (initdb in a temporary folder, a free
+    loopback port, settings of the test's choosing), for what would hurt
+    others on the shared server: `shared_preload_libraries`, replication
+    slots (they hold WAL for everyone), standbys. Trust authentication on
+    loopback only; fsync off. stop() deletes it."""
+
+    def __init__(self, settings=(), name="pg"):
+        self.bin = self.bin_dir()
+        self.settings = list(settings)
+        self.name = name
+        self.port = free_port()
+        # PostgreSQL refuses to run as root: then it runs as `postgres`, in a
+        # folder it owns outside pytest's private temporary tree.
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bbx-{name}-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.data = self.dir / "data"
+        self.log_path = self.dir / "server.log"
+
+    @staticmethod
+    def bin_dir() -> Path:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+        if not found:
+            pytest.fail("initdb not found under /usr/lib/postgresql/*/bin: apt-get install postgresql "
+                        "(scripts/test installs it)", pytrace=False)
+        return found[-1].parent
+
+    def _run(self, tool, *args):
+        argv = [self.bin / tool, *args]
+        if os.geteuid() == 0:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        return run(argv)
+
+    def create(self):
+        self._run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+        return self.start()
+
+    def standby(self, slot, name="standby"):
+        """A streaming standby of this cluster (pg_basebackup -R) on its own
+        port, fed through the physical replication slot `slot`, which
+        pg_basebackup creates here. Its cluster_name is `slot`, so the
+        primary's pg_stat_replication shows it as application_name `slot`."""
+        other = ThrowawayCluster([*self.settings, f"cluster_name={slot}"], name)
+        other._run("pg_basebackup", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "-D", other.data,
+                   "-R", "-X", "stream", "-C", "-S", slot, "--checkpoint=fast", "--no-sync")
+        return other.start()
+
+    def start(self):
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options += "".join(f" -c {s}" for s in self.settings)
+        self._run("pg_ctl", "-D", self.data, "-o", options, "-l", self.log_path, "-w", "start")
+        return self
+
+    def stop(self):
+        if self.data.exists():
+            argv = [self.bin / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"]
+            if os.geteuid() == 0:
+                argv = ["runuser", "-u", "postgres", "--", *argv]
+            run(argv, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def env(self) -> dict:
+        """libpq's variables for this cluster, as the superuser postgres."""
+        return {"PGHOST": "127.0.0.1", "PGPORT": str(self.port), "PGUSER": "postgres"}
+
+    def url(self, db) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{db}"
+
+    def psql(self, db, sql, check=True):
+        return run([require("psql"), "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "-d", db,
+                    "-v", "ON_ERROR_STOP=1", "-qAtX", "-c", sql], check=check).stdout.strip()
 
 
 DEMO_QUEUES = "default,notifications,urgent_notifications,marketing"
