@@ -143,7 +143,12 @@ async fn main() {
     let exporter = exporter.spawn().unwrap();
     let pid = exporter.id();
     let exporter = KillOnDrop(exporter);
-    let client = reqwest::Client::new();
+    // No kept-alive connections: the exporter closes one idle for 10 s, and
+    // the flood leaves it idle longer than that.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     loop {
         if let Ok(r) = client.get(format!("{base}/metrics")).send().await {
