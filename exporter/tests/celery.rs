@@ -7,7 +7,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use base64::Engine;
 use common::celery::*;
 use common::*;
 use redis::AsyncCommands;
@@ -355,21 +354,6 @@ async fn a_sigkilled_worker_is_down_within_ten_seconds() {
 }
 
 /// A real `task-sent` event (from the fixture) for another uuid and name.
-fn task_sent_payload(uuid: &str, name: &str) -> Vec<u8> {
-    let envelope: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(repo_root().join("exporter/tests/fixtures/celery/event-task-sent.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut body: serde_json::Value =
-        serde_json::from_slice(&b64.decode(envelope["body"].as_str().unwrap()).unwrap()).unwrap();
-    body["uuid"] = uuid.into();
-    body["name"] = name.into();
-    let mut envelope = envelope;
-    envelope["body"] = b64.encode(serde_json::to_vec(&body).unwrap()).into();
-    serde_json::to_vec(&envelope).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_turns_up_off_and_on_and_events_flow_again() {
@@ -433,7 +417,7 @@ async fn redis_restart_turns_up_off_and_on_and_events_flow_again() {
         let _: i64 = conn
             .publish(
                 "/0.celeryev/task.sent",
-                task_sent_payload(&format!("after-restart-{i}"), "bb.after"),
+                task_sent_event(&format!("after-restart-{i}"), "bb.after"),
             )
             .await
             .unwrap();
@@ -503,7 +487,7 @@ async fn a_silent_subscription_is_noticed_and_replaced() {
         let _: i64 = conn
             .publish(
                 "/0.celeryev/task.sent",
-                task_sent_payload(&format!("after-silence-{i}"), "bb.after_silence"),
+                task_sent_event(&format!("after-silence-{i}"), "bb.after_silence"),
             )
             .await
             .unwrap();
@@ -566,7 +550,7 @@ async fn label_caps_bound_series_and_memory() {
                 let n = chunk * 1_000 + i;
                 pipe.publish(
                     "/0.celeryev/task.sent",
-                    task_sent_payload(&format!("r{round}-u{n}"), &format!("bb.{long}_{round}_{n}")),
+                    task_sent_event(&format!("r{round}-u{n}"), &format!("bb.{long}_{round}_{n}")),
                 );
             }
             let _: Vec<i64> = pipe.query_async(&mut conn).await.unwrap();

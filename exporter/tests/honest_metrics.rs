@@ -7,10 +7,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::prometheus::Prometheus;
+use common::watch::DecreaseWatch;
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -25,45 +25,6 @@ fn business_counters(m: &Metrics) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Scrapes every 200 ms in the background and records every time a business
-/// counter went down between two scrapes.
-struct DecreaseWatch {
-    decreases: Arc<Mutex<Vec<String>>>,
-    scrapes: Arc<Mutex<u64>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl DecreaseWatch {
-    fn start(url: String) -> DecreaseWatch {
-        let decreases = Arc::new(Mutex::new(Vec::new()));
-        let scrapes = Arc::new(Mutex::new(0));
-        let (d, n) = (decreases.clone(), scrapes.clone());
-        let task = tokio::spawn(async move {
-            let mut last: BTreeMap<String, f64> = BTreeMap::new();
-            loop {
-                let m = Metrics::parse(&get_text(&url).await);
-                for (series, value) in business_counters(&m) {
-                    if let Some(before) = last.get(&series) {
-                        if value < *before {
-                            d.lock()
-                                .unwrap()
-                                .push(format!("{series}: {before} -> {value}"));
-                        }
-                    }
-                    last.insert(series, value);
-                }
-                *n.lock().unwrap() += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-        DecreaseWatch {
-            decreases,
-            scrapes,
-            task,
-        }
-    }
-}
-
 /// Waits long enough for every 1 s business query to have run twice.
 async fn two_collections() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -73,15 +34,7 @@ async fn two_collections() {
 async fn business_counters_never_decrease_under_ordinary_row_changes() {
     let db = TestDb::create("monotonic").await;
     db.exec("SELECT demo_seed(300, 2000, 1500)").await;
-    let dir = tempfile::tempdir().unwrap();
-    let queries = fast_builtin_queries(dir.path(), "5s");
-    let exporter = Exporter::start(
-        &["--business.queries", queries.to_str().unwrap()],
-        &[(
-            "BOOKEDBARBER_POSTGRES_DSN",
-            &format!("{}/{}", admin_url(), db.name),
-        )],
-    );
+    let exporter = fast_business_exporter(&db.name, "5s", &[]);
     let before = exporter
         .wait_for("the business counters", WAIT, |m| {
             m.get("bookedbarber_payments_created_total", &[]).is_some()
@@ -90,7 +43,9 @@ async fn business_counters_never_decrease_under_ordinary_row_changes() {
         .await;
     let address = exporter.base_url.trim_start_matches("http://").to_owned();
     let prometheus = Prometheus::scraping(&address);
-    let watch = DecreaseWatch::start(format!("{}/metrics", exporter.base_url));
+    let watch = DecreaseWatch::start(format!("{}/metrics", exporter.base_url), |name| {
+        name.starts_with("bookedbarber_") && !name.starts_with("bookedbarber_exporter_")
+    });
     two_collections().await;
 
     // A guest booking gets an account, rows are flagged as test data, a
@@ -132,13 +87,8 @@ async fn business_counters_never_decrease_under_ordinary_row_changes() {
         .await;
     assert_eq!(created(&grown), created(&held) + 7.0);
     two_collections().await;
-    watch.task.abort();
-
-    let decreases = watch.decreases.lock().unwrap().clone();
-    assert!(
-        *watch.scrapes.lock().unwrap() > 50,
-        "the watch scraped too rarely to tell"
-    );
+    let (decreases, scrapes) = watch.stop();
+    assert!(scrapes > 50, "the watch scraped too rarely to tell");
     assert!(
         decreases.is_empty(),
         "business counters went down:\n{}",
@@ -229,15 +179,7 @@ async fn stuck_bookings_are_pending_ones_and_past_due_ones_are_counted_apart() {
            (now() AT TIME ZONE 'UTC', 1, 'pending', now() AT TIME ZONE 'UTC' - interval '30 days', true);",
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let queries = fast_builtin_queries(dir.path(), "5s");
-    let exporter = Exporter::start(
-        &["--business.queries", queries.to_str().unwrap()],
-        &[(
-            "BOOKEDBARBER_POSTGRES_DSN",
-            &format!("{}/{}", admin_url(), db.name),
-        )],
-    );
+    let exporter = fast_business_exporter(&db.name, "5s", &[]);
     let m = exporter
         .wait_for("the stuck-booking metrics", WAIT, |m| {
             m.get("bookedbarber_appointments_past_due", &[]).is_some()
@@ -293,23 +235,17 @@ async fn exporter_connections(db: &TestDb) -> i64 {
 async fn a_lock_on_the_business_tables_leaves_pg_up_alone() {
     let db = TestDb::create("locked").await;
     db.exec("SELECT demo_seed(100, 1000, 800)").await;
-    let dir = tempfile::tempdir().unwrap();
-    let queries = fast_builtin_queries(dir.path(), "2s");
-    let exporter = Exporter::start(
+    let exporter = fast_business_exporter(
+        &db.name,
+        "2s",
         &[
-            "--business.queries",
-            queries.to_str().unwrap(),
             "--postgres.interval",
             "1s",
-            // One for pg_up, one for the deeper PostgreSQL collectors, two
-            // for the business queries.
+            // One for pg_up, one for the deeper PostgreSQL collectors, one
+            // for all the business queries: the hardest case for starvation.
             "--postgres.max-connections",
             "3",
         ],
-        &[(
-            "BOOKEDBARBER_POSTGRES_DSN",
-            &format!("{}/{}", admin_url(), db.name),
-        )],
     );
     exporter
         .wait_for("every collector up", WAIT, |m| {

@@ -6,10 +6,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::cluster::ThrowawayCluster;
+use common::watch::DecreaseWatch;
 use common::*;
 use sqlx::{PgPool, Row};
 
@@ -121,49 +121,6 @@ async fn queryid_of(pool: &PgPool, text: &str) -> String {
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
-}
-
-/// Scrapes every 200 ms and records every pg_stat_statements counter that
-/// went down between two scrapes.
-struct DecreaseWatch {
-    decreases: Arc<Mutex<Vec<String>>>,
-    scrapes: Arc<Mutex<u64>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl DecreaseWatch {
-    fn start(url: String) -> DecreaseWatch {
-        let decreases = Arc::new(Mutex::new(Vec::new()));
-        let scrapes = Arc::new(Mutex::new(0));
-        let (d, n) = (decreases.clone(), scrapes.clone());
-        let task = tokio::spawn(async move {
-            let mut last: BTreeMap<String, f64> = BTreeMap::new();
-            loop {
-                let m = Metrics::parse(&get_text(&url).await);
-                for ((name, labels), value) in &m.series {
-                    if !(name.starts_with("pg_stat_statements_") && name.ends_with("_total")) {
-                        continue;
-                    }
-                    let series = format!("{name}{labels:?}");
-                    if let Some(before) = last.get(&series) {
-                        if value < before {
-                            d.lock()
-                                .unwrap()
-                                .push(format!("{series}: {before} -> {value}"));
-                        }
-                    }
-                    last.insert(series, *value);
-                }
-                *n.lock().unwrap() += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-        DecreaseWatch {
-            decreases,
-            scrapes,
-            task,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,7 +253,9 @@ async fn top_statements_match_pg_stat_statements_and_survive_a_reset() {
 
     // pg_stat_statements_reset(): every entry starts again from 0; no
     // counter may go down, and what comes after still counts in full.
-    let watch = DecreaseWatch::start(format!("{}/metrics", exporter.base_url));
+    let watch = DecreaseWatch::start(format!("{}/metrics", exporter.base_url), |name| {
+        name.starts_with("pg_stat_statements_")
+    });
     let before = collections(&exporter, "postgres_statements", 1).await;
     sqlx::query("SELECT pg_stat_statements_reset()")
         .execute(&admin)
@@ -310,9 +269,8 @@ async fn top_statements_match_pg_stat_statements_and_survive_a_reset() {
     }
     let after = collections(&exporter, "postgres_statements", 3).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    watch.task.abort();
-    let decreases = watch.decreases.lock().unwrap().clone();
-    assert!(*watch.scrapes.lock().unwrap() >= 10, "too few scrapes");
+    let (decreases, scrapes) = watch.stop();
+    assert!(scrapes >= 10, "too few scrapes");
     assert!(
         decreases.is_empty(),
         "counters went down:\n{}",

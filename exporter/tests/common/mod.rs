@@ -14,6 +14,7 @@ pub mod celery;
 pub mod cluster;
 pub mod prometheus;
 pub mod proxy;
+pub mod watch;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -478,6 +479,23 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
     } else {
         Err(findings)
     }
+}
+
+/// The exporter on database `db` with the built-in business queries at a
+/// 1 s interval and the time limit `timeout`, plus `args`.
+pub fn fast_business_exporter(db: &str, timeout: &str, args: &[&str]) -> Exporter {
+    let dir = tempfile::tempdir().unwrap();
+    let queries = fast_builtin_queries(dir.path(), timeout);
+    // The file is read at start-up; the folder may go after that.
+    let mut all = vec!["--business.queries", queries.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Exporter::start(
+        &all,
+        &[(
+            "BOOKEDBARBER_POSTGRES_DSN",
+            &format!("{}/{db}", admin_url()),
+        )],
+    )
 }
 
 /// The built-in query file with every interval shortened, so tests see
