@@ -520,6 +520,67 @@ fn rss_bytes(pid: u32) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_faster_than_the_consumer_stays_out_of_its_memory() {
+    let redis = ThrowawayRedis::start();
+    let exporter = celery_exporter(&redis, 0, &[]);
+    exporter
+        .wait_for("the event stream", WAIT, |m| {
+            m.get("celery_event_stream_up", &[]) == Some(1.0)
+        })
+        .await;
+    let baseline = rss_bytes(exporter.pid());
+    // Redis itself publishes 3 × 100,000 events (about 70 MB) as fast as it
+    // can: far faster than a debug build decodes them. The backlog must
+    // wait in Redis, which drops the subscriber at its output-buffer limit,
+    // not in the exporter.
+    let mut conn = redis.connection(0).await;
+    let payload = task_sent_event("burst", "bb.burst");
+    let mut peak = baseline;
+    for _ in 0..3 {
+        let _: () = redis::cmd("EVAL")
+            .arg("for i = 1, 100000 do redis.call('PUBLISH', KEYS[1], ARGV[1]) end")
+            .arg(1)
+            .arg("/0.celeryev/task.sent")
+            .arg(&payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            peak = peak.max(rss_bytes(exporter.pid()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let m = exporter
+        .wait_for("the stream back after the burst", WAIT, |m| {
+            m.get("celery_event_stream_up", &[]) == Some(1.0)
+        })
+        .await;
+    peak = peak.max(rss_bytes(exporter.pid()));
+    println!(
+        "burst: resident {:.1} MiB before, {:.1} MiB at most",
+        baseline / 1048576.0,
+        peak / 1048576.0
+    );
+    assert!(
+        peak < baseline + 30.0 * 1048576.0,
+        "the burst took the exporter from {:.1} to {:.1} MiB",
+        baseline / 1048576.0,
+        peak / 1048576.0
+    );
+    // What was not counted is accounted for: the subscription was dropped.
+    let counted = m
+        .by_label("celery_event_messages_total", "result")
+        .values()
+        .sum::<f64>();
+    if counted < 300_000.0 {
+        assert!(
+            m.get("celery_event_stream_reconnects_total", &[]).unwrap() >= 1.0,
+            "{counted} of 300,000 counted and no reconnect"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_caps_bound_series_and_memory() {
     let redis = ThrowawayRedis::start();
     let exporter = celery_exporter(
