@@ -27,6 +27,18 @@ pub use state::{EventState, MessageCounts};
 pub const OVERFLOW: &str = "__overflow__";
 /// Label value when a task's name is not known.
 pub const UNKNOWN: &str = "unknown";
+/// Longest task name, queue or worker name kept as a label value. Anyone who
+/// can PUBLISH on the broker chooses these strings, and each name is repeated
+/// in some 45 series on every scrape until the exporter restarts: the caps
+/// on how many names are kept bound nothing if one name may be megabytes.
+/// Real names are module paths and host names, far below this.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest task id remembered. Celery's are 36-character uuids; an
+/// application may choose its own (`task_id=`), rarely longer than a few
+/// dozen characters. A longer one is not tracked, so its later events count
+/// as `name="unknown"`, rather than let the 20,000 remembered tasks hold
+/// megabytes each.
+pub const MAX_TASK_ID_BYTES: usize = 128;
 
 /// When a task was published, by its uuid: what the queue collector needs
 /// from the event stream to date the message at the head of a queue.

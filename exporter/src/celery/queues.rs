@@ -11,7 +11,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use super::discovery::DiscoveredQueues;
-use super::{SentAt, OVERFLOW};
+use super::{SentAt, MAX_NAME_BYTES, OVERFLOW};
 use crate::redis_conn::SharedConnection;
 use crate::runner::{unix_now, Source};
 use crate::snapshot::Family;
@@ -76,7 +76,8 @@ impl QueueConfig {
     }
 
     /// Queue names bound in one binding set's members
-    /// (`routing_key SEP pattern SEP queue`).
+    /// (`routing_key SEP pattern SEP queue`). A name longer than a label value
+    /// may be is not a queue anyone declared through Celery: it is skipped.
     pub fn queues_in_binding(&self, members: &[Vec<u8>]) -> Vec<(String, String)> {
         let sep = self.separator.as_bytes();
         members
@@ -85,7 +86,9 @@ impl QueueConfig {
                 let text = String::from_utf8_lossy(m);
                 let parts: Vec<&str> = text.split(&*String::from_utf8_lossy(sep)).collect();
                 match parts.as_slice() {
-                    [routing_key, _pattern, queue] if !queue.is_empty() => {
+                    [routing_key, _pattern, queue]
+                        if !queue.is_empty() && queue.len() <= MAX_NAME_BYTES =>
+                    {
                         Some(((*routing_key).to_owned(), (*queue).to_owned()))
                     }
                     _ => None,
@@ -374,6 +377,7 @@ mod tests {
         let members = vec![
             b"notifications\x06\x16\x06\x16notifications".to_vec(),
             b"garbage".to_vec(),
+            format!("q\x06\x16\x06\x16{}", "q".repeat(MAX_NAME_BYTES + 1)).into_bytes(),
         ];
         assert_eq!(
             c.queues_in_binding(&members),

@@ -9,7 +9,7 @@ use std::time::Instant;
 use lru::LruCache;
 
 use super::decode::{DecodeError, Decoded, Event};
-use super::{EventLimits, OVERFLOW, UNKNOWN};
+use super::{EventLimits, MAX_NAME_BYTES, MAX_TASK_ID_BYTES, OVERFLOW, UNKNOWN};
 use crate::snapshot::{Family, Kind, Sample, Value};
 
 /// Bucket bounds for task runtimes and waits: background jobs take from
@@ -180,7 +180,7 @@ impl Interner {
         if let Some(v) = self.values.get(value) {
             return v.clone();
         }
-        if self.values.len() >= self.cap {
+        if self.values.len() >= self.cap || value.len() > MAX_NAME_BYTES {
             return Arc::from(OVERFLOW);
         }
         let v: Arc<str> = Arc::from(value);
@@ -291,7 +291,10 @@ impl EventState {
 
     fn apply_task(&mut self, kind: TaskEvent, event: &Event, now: Instant) {
         let ts = event.timestamp;
-        let uuid = event.uuid.as_deref();
+        let uuid = event
+            .uuid
+            .as_deref()
+            .filter(|u| u.len() <= MAX_TASK_ID_BYTES);
         // The name comes only with task-sent and task-received; later events
         // find it through the uuid.
         let named = matches!(kind, TaskEvent::Sent | TaskEvent::Received);
@@ -339,9 +342,11 @@ impl EventState {
             }),
             None => None,
         };
-        let name = match &tracked {
-            Some(t) => t.name.clone(),
-            None => {
+        let name = match (&tracked, event.name.as_deref()) {
+            (Some(t), _) => t.name.clone(),
+            // Named but not trackable (no task id, or an overlong one).
+            (None, Some(name)) if named => self.names.get(name),
+            (None, _) => {
                 self.unknown_task_events += 1;
                 Arc::from(UNKNOWN)
             }
@@ -406,7 +411,7 @@ impl EventState {
             return;
         };
         if !self.workers.contains_key(host) {
-            if self.workers.len() >= self.limits.max_workers {
+            if self.workers.len() >= self.limits.max_workers || host.len() > MAX_NAME_BYTES {
                 self.workers_refused += 1;
                 return;
             }
@@ -765,6 +770,56 @@ mod tests {
             s.tracked_tasks(),
             1,
             "finished u1 forgotten, running u2 kept"
+        );
+    }
+
+    #[test]
+    fn overlong_names_and_task_ids_are_not_kept() {
+        let mut s = EventState::new(EventLimits::default());
+        let now = Instant::now();
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        let long_id = "u".repeat(MAX_TASK_ID_BYTES + 1);
+        s.apply(&ev("task-received", "u1", Some(&long), 1.0), now);
+        s.apply(&ev("task-received", &long_id, Some("t"), 1.0), now);
+        s.apply(&ev("task-started", &long_id, None, 2.0), now);
+        s.apply(
+            &Event {
+                kind: "worker-heartbeat".into(),
+                hostname: Some(long.clone()),
+                freq: Some(2.0),
+                active: Some(0.0),
+                ..Default::default()
+            },
+            now,
+        );
+        let f = s.families(now);
+        let received = find(&f, "celery_task_received_total").unwrap();
+        assert_eq!(received.value_of(&[("name", OVERFLOW)]), Some(1.0));
+        assert_eq!(received.value_of(&[("name", "t")]), Some(1.0));
+        let started = find(&f, "celery_task_started_total").unwrap();
+        assert_eq!(started.value_of(&[("name", UNKNOWN)]), Some(1.0));
+        assert_eq!(
+            find(&f, "celery_event_tracked_tasks")
+                .unwrap()
+                .value_of(&[]),
+            Some(1.0)
+        );
+        assert!(find(&f, "celery_worker_up").unwrap().samples.is_empty());
+        assert_eq!(
+            find(&f, "celery_event_workers_refused_total")
+                .unwrap()
+                .value_of(&[]),
+            Some(1.0)
+        );
+        let longest = f
+            .iter()
+            .flat_map(|f| &f.samples)
+            .flat_map(|s| s.labels.iter().map(|(_, v)| v.len()))
+            .max()
+            .unwrap_or(0);
+        assert!(
+            longest <= MAX_NAME_BYTES,
+            "a label value of {longest} bytes"
         );
     }
 
