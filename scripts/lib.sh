@@ -76,11 +76,13 @@ ensure_rust() {
 }
 
 # The Python virtual environment at the top of the repository (.venv): Celery
-# for the demo worker and the Celery tests, and the bundle tests' tools
-# (tests/requirements.txt). Rebuilt when either requirements file changes.
+# for the demo worker and the Celery tests, the bundle tests' tools
+# (tests/requirements.txt) and the benchmark suite's peers and plotting
+# (scripts/bench/requirements.txt). Rebuilt when a requirements file changes.
 ensure_venv() {
     local root=$1 venv=$1/.venv
-    local reqs=("$root/scripts/celery/requirements.txt" "$root/tests/requirements.txt")
+    local reqs=("$root/scripts/celery/requirements.txt" "$root/tests/requirements.txt"
+                "$root/scripts/bench/requirements.txt")
     ensure_commands python3:python3
     if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then install_packages python3-venv; fi
     if [ -x "$venv/bin/python" ] && cat "${reqs[@]}" | cmp -s - "$venv/.requirements" \
@@ -90,7 +92,7 @@ ensure_venv() {
     say "creating the Python virtual environment in $venv (Celery, test tools)"
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "${reqs[0]}" -r "${reqs[1]}"
+    "$venv/bin/pip" install -q --disable-pip-version-check "${reqs[@]/#/-r}"
     cat "${reqs[@]}" >"$venv/.requirements"
 }
 

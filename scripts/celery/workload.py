@@ -11,6 +11,8 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
+from kombu.exceptions import OperationalError
+
 from bbtasks import (app, cleanup_expired_holds, generate_daily_revenue, send_appointment_reminder,
                      send_campaign_email, send_urgent_sms, sync_stripe_payout)
 
@@ -79,18 +81,29 @@ def demo():
     i = 0
     while True:
         i += 1
-        send_appointment_reminder.apply_async((i,), priority=i % 10)
-        if i % 3 == 0:
-            send_urgent_sms.apply_async((i,), priority=9)
-        if i % 5 == 0:
-            send_campaign_email.delay(i)
-        if i % 17 == 0:
-            sync_stripe_payout.delay(i, fail_times=1)
-        if i % 23 == 0:
-            generate_daily_revenue.delay(i)
-        if i % 11 == 0:
-            cleanup_expired_holds.delay(0.5)
+        try:
+            demo_step(i)
+        except OperationalError as e:
+            # The broker is gone (restarted, say): a real producer keeps
+            # serving and sends again later, and so does the demo.
+            print(f"broker unreachable ({e}); trying again in 2 s", file=sys.stderr, flush=True)
+            time.sleep(2)
+            continue
         time.sleep(0.2)
+
+
+def demo_step(i):
+    send_appointment_reminder.apply_async((i,), priority=i % 10)
+    if i % 3 == 0:
+        send_urgent_sms.apply_async((i,), priority=9)
+    if i % 5 == 0:
+        send_campaign_email.delay(i)
+    if i % 17 == 0:
+        sync_stripe_payout.delay(i, fail_times=1)
+    if i % 23 == 0:
+        generate_daily_revenue.delay(i)
+    if i % 11 == 0:
+        cleanup_expired_holds.delay(0.5)
 
 
 if __name__ == "__main__":

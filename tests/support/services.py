@@ -73,6 +73,17 @@ class Process:
             time.sleep(0.2)
         self.fail(f"{url} not ready after {timeout}s (last: {last})")
 
+    def kill(self):
+        """SIGKILL to the whole group, as a crash or the OOM killer would: no
+        chance to clean up."""
+        if not self.alive():
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self.proc.wait(10)
+
     def stop(self, timeout=10.0):
         if not self.alive():
             return
@@ -117,6 +128,12 @@ class ThrowawayRedis:
                 break
             time.sleep(0.1)
         self.process.fail("did not answer PING")
+
+    def kill(self):
+        """SIGKILL: the server dies without a word; start() brings it back on
+        the same port (empty, as nothing is saved)."""
+        if self.process:
+            self.process.kill()
 
     def stop(self):
         if self.process:
@@ -211,12 +228,18 @@ class ThrowawayCluster:
         self._run("pg_ctl", "-D", self.data, "-o", options, "-l", self.log_path, "-w", "start")
         return self
 
-    def stop(self):
+    def crash(self):
+        """`pg_ctl stop -m immediate`: every backend quits at once, without a
+        checkpoint (the statistics are lost); start() brings the cluster back on
+        the same port through crash recovery."""
         if self.data.exists():
             argv = [self.bin / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"]
             if os.geteuid() == 0:
                 argv = ["runuser", "-u", "postgres", "--", *argv]
             run(argv, check=False)
+
+    def stop(self):
+        self.crash()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     @property

@@ -24,6 +24,10 @@ HOW_TO_GET = {
     "yamllint": "pip install -r tests/requirements.txt into .venv (scripts/test does)",
     "hadolint": "pip install -r tests/requirements.txt into .venv (scripts/test does)",
     "jsonnet": "pip install -r tests/requirements.txt into .venv (scripts/test does)",
+    "prometheus-postgres-exporter": "apt-get install prometheus-postgres-exporter (scripts/test installs it)",
+    "prometheus-redis-exporter": "apt-get install prometheus-redis-exporter (scripts/test installs it)",
+    "wrk": "apt-get install wrk (scripts/test installs it)",
+    "redis-cli": "apt-get install redis-tools (scripts/test installs it)",
 }
 
 
