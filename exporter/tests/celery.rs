@@ -29,6 +29,17 @@ fn celery_exporter(redis: &ThrowawayRedis, db: u32, extra: &[&str]) -> Exporter 
     Exporter::start(&args, &[("BOOKEDBARBER_REDIS_URL", &url)])
 }
 
+/// celery_exporter once its event subscription is up.
+async fn subscribed_exporter(redis: &ThrowawayRedis, db: u32, extra: &[&str]) -> Exporter {
+    let exporter = celery_exporter(redis, db, extra);
+    exporter
+        .wait_for("the event stream", WAIT, |m| {
+            m.get("celery_event_stream_up", &[]) == Some(1.0)
+        })
+        .await;
+    exporter
+}
+
 fn histogram_count(m: &Metrics, metric: &str, name: &str) -> f64 {
     m.get(&format!("{metric}_count"), &[("name", name)])
         .unwrap_or(0.0)
@@ -37,12 +48,7 @@ fn histogram_count(m: &Metrics, metric: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripted_workload_counters_equal_the_ground_truth() {
     let redis = ThrowawayRedis::start();
-    let exporter = celery_exporter(&redis, 0, &[]);
-    exporter
-        .wait_for("the event stream", WAIT, |m| {
-            m.get("celery_event_stream_up", &[]) == Some(1.0)
-        })
-        .await;
+    let exporter = subscribed_exporter(&redis, 0, &[]).await;
     let _worker = CeleryWorker::start(
         &redis.url(0),
         "bbx1@testhost",
@@ -180,16 +186,12 @@ async fn llen_sum(conn: &mut redis::aio::MultiplexedConnection, keys: &[String])
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_length_sums_every_priority_list() {
     let redis = ThrowawayRedis::start();
-    let exporter = celery_exporter(
+    let exporter = subscribed_exporter(
         &redis,
         0,
         &["--celery.queues", "notifications,urgent_notifications"],
-    );
-    exporter
-        .wait_for("the event stream", WAIT, |m| {
-            m.get("celery_event_stream_up", &[]) == Some(1.0)
-        })
-        .await;
+    )
+    .await;
     // No worker: the messages stay in the lists.
     workload(
         &redis.url(0),
@@ -522,12 +524,7 @@ fn rss_bytes(pid: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_faster_than_the_consumer_stays_out_of_its_memory() {
     let redis = ThrowawayRedis::start();
-    let exporter = celery_exporter(&redis, 0, &[]);
-    exporter
-        .wait_for("the event stream", WAIT, |m| {
-            m.get("celery_event_stream_up", &[]) == Some(1.0)
-        })
-        .await;
+    let exporter = subscribed_exporter(&redis, 0, &[]).await;
     let baseline = rss_bytes(exporter.pid());
     // Redis itself publishes 3 × 100,000 events (about 70 MB) as fast as it
     // can: far faster than a debug build decodes them. The backlog must
@@ -583,7 +580,7 @@ async fn a_burst_faster_than_the_consumer_stays_out_of_its_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_caps_bound_series_and_memory() {
     let redis = ThrowawayRedis::start();
-    let exporter = celery_exporter(
+    let exporter = subscribed_exporter(
         &redis,
         0,
         &[
@@ -592,12 +589,8 @@ async fn label_caps_bound_series_and_memory() {
             "--celery.max-tracked-tasks",
             "2000",
         ],
-    );
-    exporter
-        .wait_for("the event stream", WAIT, |m| {
-            m.get("celery_event_stream_up", &[]) == Some(1.0)
-        })
-        .await;
+    )
+    .await;
     let mut conn = redis.connection(0).await;
     // Long names, yet within the 256 bytes a name may have: were they kept
     // past the cap, each round would add more than 2 MiB of names alone.

@@ -409,6 +409,12 @@ DRILLS = [
 ]
 
 
+def defaults(args):
+    """The soak's length, full or quick, unless given."""
+    if getattr(args, "soak_seconds", None) is None:
+        args.soak_seconds = 20 if args.quick else 600
+
+
 def run(args, workdir: Path, only=None) -> dict:
     """Runs every drill (or those named in `only`); never raises for a failed drill."""
     results = {"quick": bool(args.quick), "drills": {}}
@@ -475,8 +481,7 @@ def main():
     parser.add_argument("--only", action="append", help="run only this drill (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if args.soak_seconds is None:
-        args.soak_seconds = 20 if args.quick else 600
+    defaults(args)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bbx-drills-"))
     log(f"logs in {workdir}")
     results = run(args, workdir, only=args.only)

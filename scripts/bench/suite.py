@@ -49,17 +49,8 @@ def parse_args(argv=None):
     return args
 
 
-def fill_defaults(args):
-    quick = args.quick
-    for key, full, short in (("repeats", 3, 1), ("soak_seconds", 600, 20), ("seconds_per_rate", 10, 4),
-                             ("rates", [1000, 5000, 10000, 25000, 50000, 100000, 150000], [1000, 5000])):
-        if getattr(args, key, None) is None:
-            setattr(args, key, short if quick else full)
-
-
 def main(argv=None):
     args = parse_args(argv)
-    fill_defaults(args)
     parts = args.only or list(PARTS)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"date": time.strftime("%Y-%m-%d"), "quick": args.quick, "parts": {}}
@@ -67,6 +58,8 @@ def main(argv=None):
     started = time.monotonic()
     for name in parts:
         module = importlib.import_module(name)
+        # Each part fills in its own defaults (full or quick) for what was
+        # not given on the command line.
         if hasattr(module, "defaults"):
             module.defaults(args)
         log(f"{name}: {PARTS[name]}")
