@@ -16,7 +16,7 @@ from test_catalogue import CONDITIONAL_POSTGRES
 
 # Metrics the rules read that other software serves, and which.
 EXTERNAL = {
-    "up": "Prometheus itself: the health of each scrape of the exporter",
+    "up": "Prometheus itself: the health of each scrape of the exporter and of the edge",
     "kube_deployment_status_replicas_available": "kube-state-metrics (Deployment)",
     "kube_deployment_status_replicas_unavailable": "kube-state-metrics (Deployment)",
     "kube_deployment_spec_replicas": "kube-state-metrics (Deployment)",
@@ -31,8 +31,16 @@ EXTERNAL = {
     "kubelet_volume_stats_used_bytes": "kubelet /metrics (volume stats of mounted PVCs)",
     "kubelet_volume_stats_capacity_bytes": "kubelet /metrics (volume stats of mounted PVCs)",
     "container_memory_working_set_bytes": "kubelet /metrics/cadvisor (cAdvisor)",
+    "envoy_cluster_upstream_rq": "Envoy Gateway's Envoy proxies (servicemonitors/edge, edge=\"envoy-gateway\")",
+    "envoy_cluster_upstream_rq_time_bucket": "Envoy Gateway's Envoy proxies",
+    "envoy_http_local_rate_limit_enforced": "Envoy Gateway's Envoy proxies (local rate limit filter)",
+    "envoy_control_plane_connected_state": "Envoy Gateway's Envoy proxies (xDS connection)",
+    "envoy_listener_manager_lds_update_rejected": "Envoy Gateway's Envoy proxies (xDS listener updates)",
+    "envoy_cluster_manager_cds_update_rejected": "Envoy Gateway's Envoy proxies (xDS cluster updates)",
     "nginx_ingress_controller_requests": "ingress-nginx controller (scraped with honorLabels)",
     "nginx_ingress_controller_request_duration_seconds_bucket": "ingress-nginx controller (scraped with honorLabels)",
+    "nginx_ingress_controller_config_last_reload_successful": "ingress-nginx controller",
+    "certmanager_certificate_expiration_timestamp_seconds": "cert-manager's controller (its chart's ServiceMonitor)",
 }
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", re.M)
@@ -129,7 +137,8 @@ def test_alert_selectors_and_joins_find_the_exporters_real_series(demo_prometheu
 
 
 # Recording rules that must have data while the demo runs (the dashboards
-# read them); the SLO ones need ingress-nginx, which the demo has not.
+# read them); the SLO ones need an edge, which the demo has not (the
+# dashboards' test feeds them synthetic edge series).
 DEMO_RECORDS = [
     "namespace:bookedbarber_appointments_created:rate5m",
     "namespace:bookedbarber_guest_bookings_created:rate5m",

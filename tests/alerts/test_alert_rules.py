@@ -7,8 +7,8 @@ import re
 import pytest
 import yaml
 
-from alert_support import (ALERTS, AREAS, EXPORTER_JOB, RULE_FILES, RUNBOOK_BASE_URL, UNIT_TESTS, rule_groups,
-                           rules, selectors, unit_tests)
+from alert_support import (ALERTS, AREAS, CLUSTER_AREAS, EXPORTER_JOB, GENERATOR, RULE_FILES, RUNBOOK_BASE_URL,
+                           UNIT_TESTS, rule_groups, rules, selectors, unit_tests)
 from support.tools import ROOT, VENV_BIN, require, run
 
 SEVERITIES = {"critical", "warning", "info"}
@@ -40,7 +40,7 @@ def test_rule_file_passes_promtool_check(area):
 def test_prometheusrule_is_exactly_the_tested_rule_file(area, tmp_path):
     """promtool reads only a file's first document and knows nothing of
     PrometheusRule, so each resource's spec is extracted and compared."""
-    docs = list(yaml.safe_load_all((ALERTS / "prometheusrules" / f"{area}.yaml").read_text()))
+    docs = list(yaml.safe_load_all(GENERATOR.resource_path(area).read_text()))
     assert len(docs) == 1, "one PrometheusRule per file"
     resource = docs[0]
     assert (resource["apiVersion"], resource["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
@@ -52,20 +52,70 @@ def test_prometheusrule_is_exactly_the_tested_rule_file(area, tmp_path):
 
 
 def test_every_rule_file_has_a_resource_and_unit_tests():
-    kustomization = yaml.safe_load((ALERTS / "kustomization.yaml").read_text())
-    assert AREAS == sorted(p.stem for p in (ALERTS / "prometheusrules").glob("*.yaml"))
-    assert AREAS == sorted(p.name.removesuffix(".test.yaml") for p in UNIT_TESTS.glob("*.test.yaml"))
-    assert sorted(r for r in kustomization["resources"] if r.startswith("prometheusrules/")) == \
-        sorted(f"prometheusrules/{a}.yaml" for a in AREAS)
+    """Each area's PrometheusRule is in the environments' bundle (alerts/) or,
+    for the edge and the SLO, in the cluster-wide one (alerts/cluster/),
+    never in both: two copies in a cluster would double every series."""
+    namespaced = sorted(set(AREAS) - set(CLUSTER_AREAS))
+    assert set(CLUSTER_AREAS) <= set(AREAS), "CLUSTER_AREAS names an area without a rule file"
+    assert namespaced == sorted(p.stem for p in (ALERTS / "prometheusrules").glob("*.yaml"))
+    assert sorted(CLUSTER_AREAS) == sorted(p.stem for p in (ALERTS / "cluster").glob("*.yaml")
+                                           if p.name != "kustomization.yaml")
+    assert sorted(AREAS) == sorted(p.name.removesuffix(".test.yaml") for p in UNIT_TESTS.glob("*.test.yaml"))
+    for folder, areas, prefix in ((ALERTS, namespaced, "prometheusrules/"), (ALERTS / "cluster", CLUSTER_AREAS, "")):
+        kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        listed = [r for r in kustomization["resources"] if r.startswith(prefix) and r.removeprefix(prefix) in
+                  {f"{a}.yaml" for a in AREAS}]
+        assert sorted(listed) == sorted(f"{prefix}{a}.yaml" for a in areas), folder
 
 
 @pytest.mark.parametrize("area", AREAS)
 def test_promtool_unit_tests(area):
     tests = unit_tests(area)
-    # The unit tests read the shipped file itself, nothing else.
-    assert [(UNIT_TESTS / f).resolve() for f in tests["rule_files"]] == [ALERTS / "rules" / f"{area}.yaml"]
+    # The unit tests read the shipped file itself first, then only other
+    # shipped files (an edge's rules feed the SLO's).
+    files = [(UNIT_TESTS / f).resolve() for f in tests["rule_files"]]
+    assert files[0] == ALERTS / "rules" / f"{area}.yaml"
+    assert set(files[1:]) <= set(RULE_FILES), files
     proc = run([require("promtool"), "test", "rules", UNIT_TESTS / f"{area}.test.yaml"])
     assert "SUCCESS" in proc.stdout + proc.stderr
+
+
+# The two edges' rule files, whose unit tests feed the same traffic in each
+# edge's own shape (tests/alerts/units/edge-*.test.yaml).
+EDGE_AREAS = ("edge-envoy-gateway", "edge-ingress-nginx")
+EDGE_OWN = re.compile(r"\b(envoy|nginx)_")
+
+
+def edge_expectations(area):
+    """{test name: (inputs' metric names, normalised expectations, alert cases)} of an edge's unit tests:
+    the expectations on edge-neutral series, `edge` taken out of their labels."""
+    out = {}
+    for group in unit_tests(area)["tests"]:
+        inputs = {re.match(r"[^{]+", s["series"]).group(0) for s in group["input_series"]}
+        samples = [(c["expr"], c["eval_time"],
+                    sorted((re.sub(r',?\s*edge="[^"]*"', "", x["labels"]), x["value"]) for x in c["exp_samples"]))
+                   for c in group.get("promql_expr_test", []) if not EDGE_OWN.search(c["expr"])]
+        out[group["name"]] = (inputs, samples, group.get("alert_rule_test", []))
+    return out
+
+
+def test_both_edges_give_the_same_series_for_the_same_traffic():
+    """What the SLO reads is the same whichever edge serves the traffic: the
+    tests of the same name feed each edge's own metrics, and expect the same
+    normalised samples (but for `edge`) and the same alerts."""
+    envoy, nginx = (edge_expectations(a) for a in EDGE_AREAS)
+    shared = set(envoy) & set(nginx)
+    assert {"the same traffic as on the other edge", "a flood of 429s burns no error budget",
+            "bookings while the edge sees only other apps' routes"} <= shared
+    for name in sorted(shared):
+        (envoy_in, envoy_samples, envoy_alerts), (nginx_in, nginx_samples, nginx_alerts) = envoy[name], nginx[name]
+        assert {m for m in envoy_in if EDGE_OWN.match(m)} and {m for m in nginx_in if EDGE_OWN.match(m)}
+        assert not {m for m in envoy_in if m.startswith("nginx_")} and not {m for m in nginx_in if m.startswith("envoy_")}, \
+            f"{name}: each edge's test reads its own metrics only"
+        assert envoy_samples == nginx_samples, f"{name}: the edges' normalised series differ"
+        assert envoy_alerts == nginx_alerts, f"{name}: the edges' alerts differ"
+    samples = envoy["the same traffic as on the other edge"][1]
+    assert len(samples) >= 6 and sum(len(s) for _, _, s in samples) >= 20, "compare enough series to mean something"
 
 
 def alert_cases():
@@ -172,6 +222,14 @@ OBJECT_LABEL = {"kube_deployment": "deployment", "kube_horizontalpodautoscaler":
                 "container_": "pod"}
 
 
+# The edges our monitors label (servicemonitors/edge), and the label naming
+# the route of each edge's request metrics.
+EDGES = {"envoy-gateway", "ingress-nginx"}
+ROUTE_LABEL = {"envoy_cluster_upstream_rq": "envoy_cluster_name", "envoy_cluster_upstream_rq_time_bucket": "envoy_cluster_name",
+               "nginx_ingress_controller_requests": "ingress",
+               "nginx_ingress_controller_request_duration_seconds_bucket": "ingress"}
+
+
 def test_selectors_pick_only_bookedbarbers_series():
     """The mixins' defect: rules matching every job, so that a
     postgres_exporter beside ours doubles every page."""
@@ -186,9 +244,17 @@ def test_selectors_pick_only_bookedbarbers_series():
             if metric in ours or family in ours:
                 if matchers.get("job") != ("Equal", EXPORTER_JOB):
                     problems.append(f"{name}: {metric} without job=\"{EXPORTER_JOB}\"")
-            elif metric.startswith("nginx_ingress_controller_"):
-                if matchers.get("ingress") != ("Equal", "bookedbarber"):
-                    problems.append(f"{name}: {metric} without ingress=\"bookedbarber\"")
+            elif metric.startswith(("envoy_", "nginx_ingress_controller_")) or metric == "up" and "edge" in matchers:
+                # The edge's series: those our cluster's monitors scrape
+                # (servicemonitors/edge), and of requests only BookedBarber's routes.
+                if matchers.get("edge", ("", ""))[0] != "Equal" or matchers["edge"][1] not in EDGES:
+                    problems.append(f"{name}: {metric} without edge=\"<one of {sorted(EDGES)}>\"")
+                route = matchers.get(ROUTE_LABEL.get(metric, ""), ("", ""))
+                if metric in ROUTE_LABEL and not (route[0] == "Re" and "bookedbarber-" in route[1]):
+                    problems.append(f"{name}: {metric} not limited to the bookedbarber-* routes by {ROUTE_LABEL[metric]}")
+            elif metric.startswith("certmanager_"):
+                if not NAME_PREFIX.match(matchers.get("name", ("", ""))[1]):
+                    problems.append(f"{name}: {metric} not limited to bookedbarber-* certificates by name")
             elif metric == "up":
                 if matchers.get("job") != ("Equal", EXPORTER_JOB):
                     problems.append(f"{name}: up without job=\"{EXPORTER_JOB}\"")
