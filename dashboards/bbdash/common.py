@@ -27,10 +27,9 @@ DATASOURCE = cm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 # Label selectors. The exporter's series are selected by its job as well as
 # its instance, because a postgres_exporter or redis_exporter in the same
 # namespace also serves pg_up and redis_up. Recording rules are aggregated by
-# namespace; ingress-nginx's request metrics carry the Ingress's namespace.
+# namespace; so are the edge's normalised series (alerts/rules/edge-*.yaml).
 EXPORTER = 'namespace="$namespace", job="$job", instance=~"$instance"'
 NAMESPACE = 'namespace="$namespace"'
-INGRESS = 'namespace="$namespace", ingress="bookedbarber"'
 # cAdvisor and kube-state-metrics series of the bundle's own pods.
 PODS = 'namespace="$namespace", pod=~"bookedbarber-.*"'
 
@@ -39,8 +38,8 @@ TAGS = ["bookedbarber"]
 # Colours of the threshold steps, in Grafana's palette names.
 OK, WARN, BAD, INFO = "green", "orange", "red", "blue"
 
-# The SLO of the bookedbarber Ingress (alerts/rules): 99.9 % of requests
-# without a 5xx over 30 days.
+# BookedBarber's HTTP SLO at its edge (alerts/rules/slo.yaml): 99.9 % of the
+# requests it answers without a 5xx over 30 days.
 SLO_TARGET = 0.999
 ERROR_BUDGET = round(1 - SLO_TARGET, 6)
 

@@ -1,14 +1,23 @@
 """BookedBarber overview: is the service up, are people booking and paying, is anything on fire."""
-from .common import (BAD, ERROR_BUDGET, INGRESS, NAMESPACE, OK, PODS, SLO_TARGET, WARN, Board, Q, agg,
-                     bargauge_panel, sel, stat_panel, steps, table_panel, timeseries_panel, up_down)
+from .common import (BAD, ERROR_BUDGET, NAMESPACE, OK, PODS, SLO_TARGET, WARN, Board, Q, agg, bargauge_panel,
+                     sel, stat_panel, steps, table_panel, timeseries_panel, up_down, value_text)
 
 BURN = f"/ {ERROR_BUDGET}"
-NGINX_REQUESTS = sel("nginx_ingress_controller_requests", base=INGRESS)
 FAILED = agg("sum", "namespace_name:celery_task_failed:rate5m", base=NAMESPACE)
 SUCCEEDED = agg("sum", "namespace_name:celery_task_succeeded:rate5m", base=NAMESPACE)
-NGINX_DURATION = sel("nginx_ingress_controller_request_duration_seconds_bucket", base=INGRESS)
 BOOKINGS_1H = sel("namespace:bookedbarber_appointments_created:increase1h", base=NAMESPACE)
 CAPTURED_1H = sel("namespace:bookedbarber_payments_captured_usd:increase1h", base=NAMESPACE)
+# The edge's normalised series (alerts/rules/edge-*.yaml), whichever edge
+# serves the namespace: these panels read nothing of an edge's own metrics.
+RESPONSES = sel("namespace_route_code:bookedbarber_http_responses:rate5m", base=NAMESPACE)
+RATE_LIMITED = sel("namespace:bookedbarber_http_rate_limited:rate5m", base=NAMESPACE)
+LATENCY = sel("namespace_le:bookedbarber_http_request_duration_seconds_bucket:rate5m", base=NAMESPACE)
+# The edge's own health, from each edge's monitors (servicemonitors/edge):
+# the Envoy proxies of the namespace's Gateway, or the ingress-nginx
+# controller that serves every namespace.
+ENVOY = 'edge="envoy-gateway", gateway_namespace="$namespace"'
+ENVOY_UP = f'{ENVOY}, container="envoy"'
+NGINX_UP = 'edge="ingress-nginx", container="controller"'
 
 
 def _slo(window):
@@ -16,7 +25,7 @@ def _slo(window):
 
 
 def _latency(q):
-    return Q(f"histogram_quantile({q}, sum by (le) (rate({NGINX_DURATION}[$__rate_interval])))", f"p{round(q * 100)}")
+    return Q(f"histogram_quantile({q}, sum by (le) ({LATENCY}))", f"p{round(q * 100)}")
 
 
 def _up(job_label, legend):
@@ -29,11 +38,12 @@ def board() -> Board:
               "One screen for everyone; the other BookedBarber dashboards have the detail.",
               tags=["overview"])
     b.row(
-        "Service level: requests through the bookedbarber Ingress",
+        "Service level: the requests BookedBarber answers at its edge",
         stat_panel(
             "Availability, last 30 days",
-            f"Share of requests to the bookedbarber Ingress answered without a server error (5xx) over the last "
-            f"30 days. The objective (SLO) is {SLO_TARGET:.1%}: green at or above it, red below.",
+            f"Share of the requests BookedBarber answered at its public edge (the Gateway, or the legacy "
+            f"Ingresses) without a server error (5xx) over the last 30 days; rate-limited requests (429) count "
+            f"neither way. The objective (SLO) is {SLO_TARGET:.1%}: green at or above it, red below.",
             [Q(f"1 - {_slo('30d')}")], "percentunit", decimals=3,
             thresholds=steps(BAD, (SLO_TARGET, OK)), runbooks=["BookedBarberErrorBudgetBurn"]),
         stat_panel(
@@ -54,26 +64,68 @@ def board() -> Board:
             runbooks=["BookedBarberErrorBudgetBurn"]),
     )
     b.row(
-        "Edge: golden signals at ingress-nginx",
+        "Edge: golden signals",
         timeseries_panel(
             "Requests per second, by HTTP status",
-            "Requests the ingress-nginx controller served for the bookedbarber Ingress (backend API and "
-            "frontend), per second, by response status code.",
-            [Q(f"sum by (status) (rate({NGINX_REQUESTS}[$__rate_interval]))", "{{status}}")],
-            "reqps", w=8, stack=True),
+            "Responses BookedBarber's edge gave (frontend, API and payment webhooks together), per second, by "
+            "status code over the last 5 minutes, and apart from them the requests its rate limits turned away "
+            "with 429 Too Many Requests (with the service's own 429s).",
+            [Q(f"sum by (code) ({RESPONSES})", "{{code}}"), Q(f"sum({RATE_LIMITED})", "429 rate-limited")],
+            "reqps", w=6, stack=True, runbooks=["BookedBarberSloSourceMissing"]),
         timeseries_panel(
             "Server errors (5xx), share of requests",
-            "Share of the bookedbarber Ingress's requests answered with a 5xx status, over the last 5 minutes "
-            f"(the SLO's recording rule). Sustained above {ERROR_BUDGET:.1%} it eats into the error budget.",
-            [Q(_slo("5m"), "5xx share")], "percentunit", w=8,
+            "Share of the requests answered with a 5xx status, over the last 5 minutes (the SLO's recording "
+            f"rule). Sustained above {ERROR_BUDGET:.1%} it eats into the error budget.",
+            [Q(_slo("5m"), "5xx share")], "percentunit", w=6,
             thresholds=steps(OK, (ERROR_BUDGET, WARN), (0.05, BAD)), threshold_lines=True,
             runbooks=["BookedBarberHttpErrorsHigh"]),
         timeseries_panel(
             "Latency at the edge",
-            "Time from the first byte of a request to the last byte of the response, measured by ingress-nginx "
-            "for the bookedbarber Ingress: median, 95th and 99th percentile.",
-            [_latency(0.5), _latency(0.95), _latency(0.99)], "s", w=8,
+            "Time from a request reaching the edge to its response, over the last 5 minutes: median, 95th and "
+            "99th percentile, interpolated within the histogram's bounds (5 ms to 10 s).",
+            [_latency(0.5), _latency(0.95), _latency(0.99)], "s", w=6,
             thresholds=steps(OK, (1, WARN), (2.5, BAD)), runbooks=["BookedBarberHttpLatencyHigh"]),
+        timeseries_panel(
+            "Requests and server errors, by route",
+            "Requests answered per second on each route of the edge (bookedbarber-frontend: the site; "
+            "bookedbarber-api: the API and health check; bookedbarber-webhooks: the payment provider's "
+            "webhooks), and their 5xx per second.",
+            [Q(sel("namespace_route:bookedbarber_http_requests:rate5m", base=NAMESPACE), "{{route}}"),
+             Q(sel("namespace_route:bookedbarber_http_errors:rate5m", base=NAMESPACE), "{{route}} 5xx")],
+            "reqps", w=6),
+    )
+    b.row(
+        "Edge: its own health",
+        stat_panel(
+            "Edge proxies answering",
+            "Share of the edge's proxies that answer Prometheus: the Envoy proxies of this namespace's Gateway, "
+            "or the ingress-nginx controller pods (shared by every namespace). 0 % means the site is down.",
+            [Q(f"(sum(up{{{ENVOY_UP}}}) / count(up{{{ENVOY_UP}}})) or (sum(up{{{NGINX_UP}}}) / count(up{{{NGINX_UP}}}))")],
+            "percentunit", w=6, decimals=0, thresholds=steps(BAD, (0.5, WARN), (1, OK)),
+            runbooks=["BookedBarberEdgeDown"]),
+        stat_panel(
+            "Edge configuration",
+            "Whether the edge runs its latest configuration: the Envoy proxies connected to Envoy Gateway's "
+            "controller, or ingress-nginx's last reload successful. STALE: route, limit and certificate changes "
+            "are not in effect.",
+            [Q(f"min(envoy_control_plane_connected_state{{{ENVOY}}}) "
+               'or min(nginx_ingress_controller_config_last_reload_successful{edge="ingress-nginx"})')],
+            "none", w=6, mappings=value_text({0: ("STALE", BAD), 1: ("APPLIED", OK)}),
+            thresholds=steps(BAD, (1, OK)),
+            runbooks=["BookedBarberEdgeConfigFailing", "BookedBarberEdgeControllerDown"]),
+        stat_panel(
+            "TLS certificate expires in",
+            "Time left before the edge's certificate (cert-manager's bookedbarber-tls for this namespace) expires. "
+            "cert-manager renews it 30 days ahead: under 14 days renewal is failing.",
+            [Q(f"min({sel('namespace_name:certmanager_certificate_expiration_timestamp_seconds:min', base=NAMESPACE)})"
+               " - time()")],
+            "s", w=6, thresholds=steps(BAD, (3 * 86400, WARN), (14 * 86400, OK)),
+            runbooks=["BookedBarberEdgeCertificateExpiring"]),
+        stat_panel(
+            "Rate-limited requests",
+            "Requests per second answered 429 Too Many Requests over the last 5 minutes, by the edge's per-client "
+            "limits or the service itself. A client hitting the limits shows here, not as errors.",
+            [Q(f"sum({RATE_LIMITED})")], "reqps", w=6, graph=True, thresholds=steps(OK, (10, WARN))),
     )
     b.row(
         "Business: now and the same time last week",

@@ -20,8 +20,16 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 # who serves them in a cluster. The end-to-end test proves their queries
 # against synthetic series of exactly these names.
 EXTERNAL = {
+    # The edge, which panels read through the normalised recording rules
+    # (alerts/rules/edge-*.yaml) but for its own health.
+    "envoy_cluster_upstream_rq": "Envoy Gateway's proxies",
+    "envoy_cluster_upstream_rq_time_bucket": "Envoy Gateway's proxies",
+    "envoy_http_local_rate_limit_enforced": "Envoy Gateway's proxies",
+    "envoy_control_plane_connected_state": "Envoy Gateway's proxies",
     "nginx_ingress_controller_requests": "ingress-nginx",
     "nginx_ingress_controller_request_duration_seconds_bucket": "ingress-nginx",
+    "nginx_ingress_controller_config_last_reload_successful": "ingress-nginx",
+    "certmanager_certificate_expiration_timestamp_seconds": "cert-manager",
     "kube_pod_container_status_restarts_total": "kube-state-metrics",
     "kube_pod_container_resource_limits": "kube-state-metrics",
     "kube_deployment_status_replicas_available": "kube-state-metrics",

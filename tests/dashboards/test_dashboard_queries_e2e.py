@@ -14,11 +14,15 @@
   without the offset against the demo, and as written against a Prometheus of
   our own whose history is the demo's data moved back one week
   (promtool tsdb create-blocks-from openmetrics).
-- Queries on metrics of other exporters (ingress-nginx, kube-state-metrics,
-  the kubelet) and of Prometheus itself (up, ALERTS) run against a Prometheus
-  of our own scraping synthetic series of those names from a loopback HTTP
-  server, with alerts/rules/*.yaml loaded so the SLO recording rules are
-  computed from them.
+- Queries on metrics of other exporters (the edge, cert-manager,
+  kube-state-metrics, the kubelet) and of Prometheus itself (up, ALERTS) run
+  against a Prometheus of our own scraping synthetic series of those names
+  from a loopback HTTP server, with alerts/rules/*.yaml loaded so the edge's
+  normalised series and the SLO recording rules are computed from them. The
+  edge's series are one known traffic mix (edge_traffic.py) in the shape of
+  an Envoy proxy of Envoy Gateway for one namespace and of ingress-nginx for
+  another; the overview's HTTP panels must show its figures, the same for
+  both.
 """
 import http.server
 import math
@@ -29,7 +33,8 @@ import time
 import pytest
 import yaml
 
-from dashboard_support import (EXTERNAL, Sources, interpolate, label_values_query, load_dashboards, queries,
+import edge_traffic
+from dashboard_support import (EXTERNAL, Sources, interpolate, label_values_query, load_dashboards, panels, queries,
                                rule_files, selectors, variables)
 from support.prometheus import Prometheus, PrometheusError, scrape_job
 from support.tools import free_port, require, run
@@ -264,35 +269,20 @@ def test_offset_queries_return_data_from_last_weeks_history(the_plan, demo_check
 
 # ---- external metrics, synthetic --------------------------------------------
 
-NGINX = ('namespace="bookedbarber",ingress="bookedbarber",service="bookedbarber-backend",host="bookedbarber.example",'
-         'path="/api",method="GET",controller_class="k8s.io/ingress-nginx",controller_namespace="ingress-nginx",'
-         'controller_pod="ingress-nginx-controller-6d9f7-x2x5q"')
 POD = 'namespace="bookedbarber",pod="bookedbarber-backend-5c7d9-qw8zt",container="backend"'
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 def synthetic_exposition(path, elapsed):
-    """Series as ingress-nginx, kube-state-metrics and the kubelet expose
-    them, counters growing with `elapsed` seconds."""
+    """Series as the edges, cert-manager, kube-state-metrics and the kubelet
+    expose them, counters growing with `elapsed` seconds."""
     t = max(elapsed, 1.0)
+    if path == "/envoy":
+        return edge_traffic.envoy_exposition(t)
     if path == "/ingress-nginx":
-        lines = ["# TYPE nginx_ingress_controller_requests counter"]
-        for status, per_second in (("200", 40), ("404", 2), ("500", 0.05)):
-            lines.append(f'nginx_ingress_controller_requests{{{NGINX},status="{status}"}} {per_second * t}')
-        lines.append("# TYPE nginx_ingress_controller_request_duration_seconds histogram")
-        for status in ("200", "500"):
-            count = (40 if status == "200" else 0.05) * t
-            for le in BUCKETS:
-                share = min(1.0, le / 0.3)
-                lines.append(f'nginx_ingress_controller_request_duration_seconds_bucket{{{NGINX},status="{status}",'
-                             f'le="{le}"}} {share * count}')
-            lines.append(f'nginx_ingress_controller_request_duration_seconds_bucket{{{NGINX},status="{status}",'
-                         f'le="+Inf"}} {count}')
-            lines.append(f'nginx_ingress_controller_request_duration_seconds_sum{{{NGINX},status="{status}"}} '
-                         f'{0.12 * count}')
-            lines.append(f'nginx_ingress_controller_request_duration_seconds_count{{{NGINX},status="{status}"}} '
-                         f'{count}')
-        return lines
+        return edge_traffic.nginx_exposition(t)
+    if path == "/cert-manager":
+        return edge_traffic.cert_manager_exposition(time.time())
     if path == "/kube-state-metrics":
         hpa = 'namespace="bookedbarber",horizontalpodautoscaler="bookedbarber-backend"'
         deploy = 'namespace="bookedbarber",deployment="bookedbarber-backend"'
@@ -319,12 +309,14 @@ def synthetic_exposition(path, elapsed):
 
 
 class SyntheticTargets(http.server.ThreadingHTTPServer):
-    def __init__(self):
-        self.started = time.monotonic()
+    """Serves the synthetic series; their counters started `history` seconds ago."""
+
+    def __init__(self, history=0):
+        self.started = time.time() - history
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(handler):  # noqa: N805 - the server is `self` here
-                body = ("\n".join(synthetic_exposition(handler.path, time.monotonic() - self.started)) + "\n").encode()
+                body = ("\n".join(synthetic_exposition(handler.path, time.time() - self.started)) + "\n").encode()
                 handler.send_response(200)
                 handler.send_header("Content-Type", "text/plain; version=0.0.4")
                 handler.send_header("Content-Length", str(len(body)))
@@ -339,16 +331,30 @@ class SyntheticTargets(http.server.ThreadingHTTPServer):
 
 @pytest.fixture(scope="module")
 def synthetic_prometheus(tmp_path_factory):
-    server = SyntheticTargets()
+    server = SyntheticTargets(history=edge_traffic.HISTORY_SECONDS)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     target = f"127.0.0.1:{server.server_address[1]}"
     workdir = tmp_path_factory.mktemp("synthetic-prometheus")
+    # The edges' last ten minutes, as Prometheus would have scraped them.
+    history = workdir / "edge-history.om"
+    edges = [(edge_traffic.envoy_exposition, {**edge_traffic.ENVOY_TARGET, "job": "envoy", "instance": target}, False),
+             (edge_traffic.nginx_exposition, {**edge_traffic.NGINX_TARGET, "job": "ingress-nginx", "instance": target},
+              True)]
+    history.write_text(edge_traffic.history_openmetrics(edges, server.started, time.time() - 2))
+    run([require("promtool"), "tsdb", "create-blocks-from", "openmetrics", history, workdir / "data"])
     always_firing = workdir / "always-firing.yaml"
     always_firing.write_text(yaml.safe_dump({"groups": [{"name": "dashboards-test", "rules": [{
         "alert": "DashboardsTestAlwaysFiring", "expr": "vector(1)",
         "labels": {"namespace": DEMO_NAMESPACE, "severity": "info"}}]}]}))
     jobs = [scrape_job(job, target, path=f"/{job}", honor_labels=True)
-            for job in ("ingress-nginx", "kube-state-metrics", "kubelet")]
+            for job in ("kube-state-metrics", "kubelet")]
+    # The edges and cert-manager as their monitors scrape them
+    # (servicemonitors/edge; cert-manager's chart without honorLabels).
+    jobs += [scrape_job(job, target, path=f"/{job}", honor_labels=honor,
+                        static_configs=[{"targets": [target], "labels": labels}])
+             for job, honor, labels in (("envoy", False, edge_traffic.ENVOY_TARGET),
+                                        ("ingress-nginx", True, edge_traffic.NGINX_TARGET),
+                                        ("cert-manager", False, edge_traffic.CERT_MANAGER_TARGET))]
     jobs += [scrape_job(job, target, path="/empty",
                         static_configs=[{"targets": [target], "labels": {"namespace": DEMO_NAMESPACE}}])
              for job in ("bookedbarber-backend", "bookedbarber-frontend", "bookedbarber-exporter")]
@@ -372,5 +378,60 @@ def test_external_metric_queries_return_data_from_synthetic_series(the_plan, syn
               + ", ".join(f"{n} ({EXTERNAL[n]})" for n in names))
     assert not failures, "\n".join(failures)
     assert not nan_only, "queries answering only NaN from the synthetic series:\n" + "\n".join(nan_only)
-    unused = set(EXTERNAL) - set(names)
+    sources = Sources()
+    read = set().union(*(raw_metrics(m, sources) for q in external for m in q.metrics))
+    unused = set(EXTERNAL) - read
     assert not unused, f"EXTERNAL lists metrics no dashboard reads any more: {sorted(unused)}"
+
+
+def overview_panel_values(prom, namespace):
+    """{panel title: {legend: value}} of the overview's panels on the edge, as
+    Grafana would show their latest values for `namespace`."""
+    dash = load_dashboards()["bookedbarber-overview.json"]
+    defined = variables(dash)
+    wanted = set(edge_traffic.EXPECTED) | set(edge_traffic.EXPECTED_ABOUT)
+    out = {}
+    for p in panels(dash):
+        if p.get("title") not in wanted:
+            continue
+        shown = {}
+        for t in p["targets"]:
+            expr = interpolate(t["expr"], {"namespace": namespace, "instance": "$__all"}, defined)
+            for r in prom.query(expr):
+                legend = LEGEND_LABEL.sub(lambda m: r["metric"].get(m.group(1), ""), t.get("legendFormat", ""))
+                shown[legend] = float(r["value"][1])
+        out[p["title"]] = shown
+    return out
+
+
+def close(a, b, tolerance=1e-3):
+    """Same legends, same values within 0.1 % (a counter is read a few
+    milliseconds off the scrape's timestamp)."""
+    return a.keys() == b.keys() and all(math.isclose(a[k], b[k], rel_tol=tolerance, abs_tol=tolerance) for k in a)
+
+
+def test_the_overview_shows_the_same_edge_traffic_from_either_edge(synthetic_prometheus, capsys):
+    """The overview's SLO, golden-signal and edge-health panels read only the
+    normalised series: the same traffic, through an Envoy Gateway proxy or
+    through ingress-nginx, shows the same figures, and the right ones (the
+    429s apart, not as errors; the latency's percentiles; the 2% of 5xx)."""
+    deadline = time.monotonic() + 90
+    while True:
+        shown = {ns: overview_panel_values(synthetic_prometheus, ns)
+                 for ns in (edge_traffic.ENVOY_NAMESPACE, edge_traffic.NGINX_NAMESPACE)}
+        wrong = []
+        for ns, values in shown.items():
+            for title, expected in edge_traffic.EXPECTED.items():
+                if not close(values.get(title, {}), expected):
+                    wrong.append(f"{ns}: {title!r} shows {values.get(title)}, expected {expected}")
+            for title, (expected, tolerance) in edge_traffic.EXPECTED_ABOUT.items():
+                got = list(values.get(title, {}).values())
+                if len(got) != 1 or abs(got[0] - expected) > tolerance:
+                    wrong.append(f"{ns}: {title!r} shows {got}, expected {expected} ± {tolerance}")
+        if not wrong or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    with capsys.disabled():
+        print(f"\n[dashboards] {len(edge_traffic.EXPECTED) + len(edge_traffic.EXPECTED_ABOUT)} overview panels show "
+              "the same known edge traffic from an Envoy Gateway proxy and from ingress-nginx")
+    assert not wrong, "\n".join(wrong)
