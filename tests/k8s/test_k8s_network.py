@@ -5,6 +5,12 @@ import pytest
 from .conftest import OVERLAYS
 from .netpol import Peer, allowed, pods
 
+# The edge: the Envoy proxies Envoy Gateway runs for the namespace's Gateway
+# (labels as it sets them), and the legacy ingress-nginx controller, which
+# the default edge does not admit (test_k8s_edge.py checks the legacy one).
+ENVOY = Peer("envoy", "envoy-gateway-system", {
+    "app.kubernetes.io/name": "envoy", "app.kubernetes.io/component": "proxy",
+    "app.kubernetes.io/managed-by": "envoy-gateway", "gateway.envoyproxy.io/owning-gateway-name": "bookedbarber"})
 INGRESS_NGINX = Peer("ingress-nginx", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
 PROMETHEUS = Peer("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
 KUBE_DNS = Peer("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, {"dns": 53})
@@ -15,7 +21,7 @@ CLOUD_METADATA = Peer("metadata", "", ip="169.254.169.254", ports={"http": 80})
 
 # (source, destination, port): every connection the bundle needs inside the cluster.
 EXPECTED = {
-    ("ingress-nginx", "frontend", 3000), ("ingress-nginx", "backend", 8000),
+    ("envoy", "frontend", 3000), ("envoy", "backend", 8000),
     ("frontend", "backend", 8000),
     ("backend", "postgres", 5432), ("backend", "redis", 6379),
     ("worker", "postgres", 5432), ("worker", "redis", 6379),
@@ -31,7 +37,7 @@ def test_exactly_the_needed_connections_are_open(rendered, overlay):
     r = rendered[overlay]
     policies = r.of_kind("NetworkPolicy")
     ours = pods(r)
-    sources = ours + [INGRESS_NGINX, PROMETHEUS, ELSEWHERE, GRAFANA_IN_MONITORING]
+    sources = ours + [ENVOY, INGRESS_NGINX, PROMETHEUS, ELSEWHERE, GRAFANA_IN_MONITORING]
     # Every port any of our pods listens on, tried on every pod.
     ports = sorted({n for p in ours for n in p.ports.values()})
     found = {(s.name, d.name, port) for s in sources for d in ours for port in ports

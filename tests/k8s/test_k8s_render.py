@@ -109,8 +109,8 @@ def test_names_labels_and_ports_follow_the_conventions(rendered, overlay):
             found = {p["name"]: p["containerPort"]
                      for c in pod_spec(obj)["containers"] for p in c.get("ports", [])}
         assert found == ports, f"{kind}/{name} ports"
-    ingress = r.get("Ingress", "bookedbarber")
-    assert ingress["spec"]["ingressClassName"] == "nginx"
+    gateway = r.get("Gateway", "bookedbarber")
+    assert gateway["spec"]["gatewayClassName"] == "bookedbarber"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

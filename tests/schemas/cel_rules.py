@@ -37,7 +37,8 @@ def load_crds(directory):
     found = {}
     for path in sorted(glob.glob(os.path.join(directory, "**", "*.yaml"), recursive=True)):
         with open(path) as fh:
-            for crd in yaml.safe_load_all(fh):
+            # libyaml's loader where PyYAML has it: the CRDs are megabytes.
+            for crd in yaml.load_all(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
                 if not crd or crd.get("kind") != "CustomResourceDefinition":
                     continue
                 group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
