@@ -410,26 +410,28 @@ def close(a, b, tolerance=1e-3):
     return a.keys() == b.keys() and all(math.isclose(a[k], b[k], rel_tol=tolerance, abs_tol=tolerance) for k in a)
 
 
+def wrong_panel_values(prom):
+    """What the overview's edge panels show otherwise than edge_traffic expects, for either namespace."""
+    wrong = []
+    for ns in (edge_traffic.ENVOY_NAMESPACE, edge_traffic.NGINX_NAMESPACE):
+        values = overview_panel_values(prom, ns)
+        for title, expected in edge_traffic.EXPECTED.items():
+            if not close(values.get(title, {}), expected):
+                wrong.append(f"{ns}: {title!r} shows {values.get(title)}, expected {expected}")
+        for title, (expected, tolerance) in edge_traffic.EXPECTED_ABOUT.items():
+            got = list(values.get(title, {}).values())
+            if len(got) != 1 or abs(got[0] - expected) > tolerance:
+                wrong.append(f"{ns}: {title!r} shows {got}, expected {expected} ± {tolerance}")
+    return wrong
+
+
 def test_the_overview_shows_the_same_edge_traffic_from_either_edge(synthetic_prometheus, capsys):
     """The overview's SLO, golden-signal and edge-health panels read only the
     normalised series: the same traffic, through an Envoy Gateway proxy or
     through ingress-nginx, shows the same figures, and the right ones (the
     429s apart, not as errors; the latency's percentiles; the 2% of 5xx)."""
-    deadline = time.monotonic() + 90
-    while True:
-        shown = {ns: overview_panel_values(synthetic_prometheus, ns)
-                 for ns in (edge_traffic.ENVOY_NAMESPACE, edge_traffic.NGINX_NAMESPACE)}
-        wrong = []
-        for ns, values in shown.items():
-            for title, expected in edge_traffic.EXPECTED.items():
-                if not close(values.get(title, {}), expected):
-                    wrong.append(f"{ns}: {title!r} shows {values.get(title)}, expected {expected}")
-            for title, (expected, tolerance) in edge_traffic.EXPECTED_ABOUT.items():
-                got = list(values.get(title, {}).values())
-                if len(got) != 1 or abs(got[0] - expected) > tolerance:
-                    wrong.append(f"{ns}: {title!r} shows {got}, expected {expected} ± {tolerance}")
-        if not wrong or time.monotonic() > deadline:
-            break
+    deadline = time.monotonic() + 90  # the recording rules' chain needs a few evaluations
+    while (wrong := wrong_panel_values(synthetic_prometheus)) and time.monotonic() < deadline:
         time.sleep(2)
     with capsys.disabled():
         print(f"\n[dashboards] {len(edge_traffic.EXPECTED) + len(edge_traffic.EXPECTED_ABOUT)} overview panels show "
