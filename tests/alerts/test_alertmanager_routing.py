@@ -120,7 +120,10 @@ def test_alertmanagerconfig_says_what_the_plain_file_says():
 
 
 def test_kustomize_renders_labelled_valid_resources():
-    rendered = list(yaml.safe_load_all(run([require("kubectl"), "kustomize", ALERTS]).stdout))
+    """alerts/ (each environment's) and alerts/cluster/ (once per cluster) render
+    every area's PrometheusRule once between them, and the AlertmanagerConfig."""
+    rendered = [d for folder in (ALERTS, ALERTS / "cluster")
+                for d in yaml.safe_load_all(run([require("kubectl"), "kustomize", folder]).stdout)]
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in rendered)
     areas = sorted(p.stem for p in (ALERTS / "rules").glob("*.yaml"))
     assert kinds == sorted([("AlertmanagerConfig", "bookedbarber")]
